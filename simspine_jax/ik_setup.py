@@ -1,0 +1,306 @@
+"""OpenSim inverse-kinematics setup files (``<InverseKinematicsTool>`` XML), read without OpenSim.
+
+:func:`read_ik_setup` turns a setup file into an :class:`IKSetup`; :func:`marker_weight_vector`
+and :func:`coordinate_task_arrays` map its tasks onto a :class:`~simspine_jax.model.KinematicTree`
+the way OpenSim's ``InverseKinematicsTool`` does:
+
+* only ``IKMarkerTask`` entries whose ``apply`` is true are used; a model marker without such a
+  task gets weight 0 (OpenSim's marker reference ignores it);
+* an ``IKCoordinateTask`` whose ``apply`` is true adds ``weight * (q_c - target)^2`` to the cost,
+  with ``target`` the model coordinate's default (``default_value``) or the task's ``value``
+  (``manual_value``, in OpenSim's internal units: radians or metres).
+  ``from_file`` (targets from ``coordinate_file``) is not supported yet.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+VALUE_TYPES = ("default_value", "manual_value", "from_file")
+
+_UNASSIGNED = ("", "unassigned")
+
+
+@dataclass(frozen=True)
+class CoordinateTask:
+    """One applied ``IKCoordinateTask``. ``value`` matters only for ``manual_value``."""
+
+    name: str
+    weight: float
+    value_type: str  # one of VALUE_TYPES
+    value: float
+
+
+@dataclass(frozen=True)
+class IKSetup:
+    """What an OpenSim IK setup file asks for (applied tasks only).
+
+    File names are kept as written (``None`` when absent or ``Unassigned``); use
+    :meth:`resolve` to get them relative to the setup file's folder, as OpenSim does.
+    """
+
+    marker_weights: dict[str, float]
+    coordinate_tasks: tuple[CoordinateTask, ...]
+    accuracy: float = 1e-5
+    time_range: tuple[float, float] | None = None
+    model_file: str | None = None
+    marker_file: str | None = None
+    output_motion_file: str | None = None
+    path: str | None = None
+    coordinate_file: str | None = None
+    constraint_weight: float = math.inf
+    report_errors: bool = True
+    report_marker_locations: bool = False
+    results_directory: str | None = None
+    disabled_tasks: tuple[str, ...] = ()  # names of tasks with apply=false (ignored)
+
+    def resolve(self, name: str | None) -> Path | None:
+        """A file name from the setup, made absolute against the setup file's folder."""
+        if name is None:
+            return None
+        p = Path(name)
+        if p.is_absolute() or self.path is None:
+            return p
+        return (Path(self.path).resolve().parent / p).resolve()
+
+
+# ----------------------------------------------------------------------------- parsing
+def _child_text(el: ET.Element, tag: str) -> str | None:
+    c = el.find(tag)
+    if c is None or c.text is None:
+        return None
+    return c.text.strip()
+
+
+def _float(text: str, path: str, field: str) -> float:
+    t = text.strip()
+    low = t.lower()
+    if low in ("inf", "+inf", "infinity"):
+        return math.inf
+    try:
+        v = float(t)
+    except ValueError:
+        raise InputError(f"expected a number, got {text!r}", path=path, field=field) from None
+    if math.isnan(v):
+        raise InputError("NaN is not a valid value", path=path, field=field)
+    return v
+
+
+def _bool(text: str | None, default: bool, path: str, field: str) -> bool:
+    if text is None or text == "":
+        return default
+    low = text.strip().lower()
+    if low in ("true", "1"):
+        return True
+    if low in ("false", "0"):
+        return False
+    raise InputError(f"expected true or false, got {text!r}", path=path, field=field)
+
+
+def _file_name(text: str | None) -> str | None:
+    if text is None or text.strip().lower() in _UNASSIGNED:
+        return None
+    return text.strip()
+
+
+def _parse_xml(path: str) -> ET.Element:
+    try:
+        return ET.parse(path).getroot()
+    except ET.ParseError as e:
+        line = e.position[0] if getattr(e, "position", None) else None
+        raise InputError(f"malformed XML: {e}", path=path, line=line) from None
+    except OSError as e:
+        raise InputError(f"cannot read IK setup file: {e.strerror or e}", path=path) from None
+
+
+def _find_tool(root: ET.Element, path: str) -> ET.Element:
+    if root.tag == "InverseKinematicsTool":
+        return root
+    tool = root.find("InverseKinematicsTool")
+    if tool is None:
+        raise InputError(
+            f"no <InverseKinematicsTool> element (root is <{root.tag}>); is this an OpenSim "
+            "IK setup file?",
+            path=path,
+        )
+    return tool
+
+
+def _task_objects(tool: ET.Element, path: str) -> tuple[list[ET.Element], str]:
+    """The task elements of ``<IKTaskSet>`` (inline or in the file its ``file`` attribute names)."""
+    ts = tool.find("IKTaskSet")
+    if ts is None:
+        return [], path
+    src = path
+    ref = ts.get("file")
+    if ref and ref.strip().lower() not in _UNASSIGNED:
+        src = str((Path(path).resolve().parent / ref).resolve())
+        root = _parse_xml(src)
+        ts = root if root.tag == "IKTaskSet" else root.find("IKTaskSet")
+        if ts is None:
+            raise InputError("no <IKTaskSet> element in the task set file", path=src)
+    objs = ts.find("objects")
+    if objs is None:
+        return [], src
+    return list(objs), src
+
+
+def read_ik_setup(path: str | Path) -> IKSetup:
+    """Parse an OpenSim ``InverseKinematicsTool`` setup file. Raises :class:`InputError`."""
+    path = str(path)
+    tool = _find_tool(_parse_xml(path), path)
+
+    acc_t = _child_text(tool, "accuracy")
+    accuracy = 1e-5 if not acc_t else _float(acc_t, path, "accuracy")
+    if not accuracy > 0 or math.isinf(accuracy):
+        raise InputError(
+            f"accuracy must be a positive number, got {acc_t!r}", path=path, field="accuracy"
+        )
+    cw_t = _child_text(tool, "constraint_weight")
+    constraint_weight = math.inf if not cw_t else _float(cw_t, path, "constraint_weight")
+
+    time_range = None
+    tr_t = _child_text(tool, "time_range")
+    if tr_t:
+        parts = tr_t.split()
+        if len(parts) != 2:
+            raise InputError(
+                f"expected two numbers (start end), got {tr_t!r}", path=path, field="time_range"
+            )
+        t0, t1 = (_float(p, path, "time_range") for p in parts)
+        if not t1 >= t0:
+            raise InputError(
+                f"end time {t1} is before start time {t0}", path=path, field="time_range"
+            )
+        time_range = (t0, t1)
+
+    marker_weights: dict[str, float] = {}
+    coord_tasks: list[CoordinateTask] = []
+    seen: set[tuple[str, str]] = set()
+    disabled: list[str] = []
+    objs, src = _task_objects(tool, path)
+    for el in objs:
+        if el.tag not in ("IKMarkerTask", "IKCoordinateTask"):
+            raise InputError(
+                f"unknown task type <{el.tag}> (expected IKMarkerTask or IKCoordinateTask)",
+                path=src,
+                field="IKTaskSet",
+            )
+        name = (el.get("name") or "").strip()
+        if not name:
+            raise InputError(f"<{el.tag}> without a name", path=src, field="IKTaskSet")
+        field = f"{el.tag} {name}"
+        if (el.tag, name) in seen:
+            raise InputError("task is listed twice", path=src, field=field)
+        seen.add((el.tag, name))
+        if not _bool(_child_text(el, "apply"), True, src, f"{field}/apply"):
+            disabled.append(name)
+            continue
+        w_t = _child_text(el, "weight")
+        weight = 0.0 if not w_t else _float(w_t, src, f"{field}/weight")
+        if weight < 0 or math.isinf(weight):
+            raise InputError(
+                f"weight must be finite and >= 0, got {w_t!r}", path=src, field=f"{field}/weight"
+            )
+        if el.tag == "IKMarkerTask":
+            marker_weights[name] = weight
+            continue
+        vt = (_child_text(el, "value_type") or "default_value").strip()
+        if vt not in VALUE_TYPES:
+            raise InputError(
+                f"value_type {vt!r} is not one of {', '.join(VALUE_TYPES)}",
+                path=src,
+                field=f"{field}/value_type",
+            )
+        v_t = _child_text(el, "value")
+        value = 0.0 if not v_t else _float(v_t, src, f"{field}/value")
+        coord_tasks.append(CoordinateTask(name, weight, vt, value))
+
+    return IKSetup(
+        marker_weights=marker_weights,
+        coordinate_tasks=tuple(coord_tasks),
+        accuracy=accuracy,
+        time_range=time_range,
+        model_file=_file_name(_child_text(tool, "model_file")),
+        marker_file=_file_name(_child_text(tool, "marker_file")),
+        output_motion_file=_file_name(_child_text(tool, "output_motion_file")),
+        path=path,
+        coordinate_file=_file_name(_child_text(tool, "coordinate_file")),
+        constraint_weight=constraint_weight,
+        report_errors=_bool(_child_text(tool, "report_errors"), True, path, "report_errors"),
+        report_marker_locations=_bool(
+            _child_text(tool, "report_marker_locations"), False, path, "report_marker_locations"
+        ),
+        results_directory=_file_name(_child_text(tool, "results_directory")),
+        disabled_tasks=tuple(disabled),
+    )
+
+
+# ----------------------------------------------------------------------------- tree mapping
+def marker_weight_vector(setup: IKSetup, tree, trc_marker_names) -> tuple[np.ndarray, np.ndarray]:
+    """Per-model-marker task weights and which model markers the TRC has.
+
+    Returns ``weights`` (M_tree,) float64, 0 for a marker with no applied task (or absent from
+    the TRC), and ``present`` (M_tree,) bool. An applied task naming a marker that the model or
+    the TRC lacks is an :class:`InputError` naming the setup file and the task.
+    """
+    model = list(tree.marker_names)
+    trc = {str(n) for n in trc_marker_names}
+    midx = {n: i for i, n in enumerate(model)}
+    weights = np.zeros(len(model))
+    for name, w in setup.marker_weights.items():
+        field = f"IKMarkerTask {name}"
+        if name not in midx:
+            raise InputError(
+                f"marker '{name}' is not in the model (model markers: {', '.join(model)})",
+                path=setup.path,
+                field=field,
+            )
+        if name not in trc:
+            raise InputError(
+                f"marker '{name}' is not in the marker (TRC) data", path=setup.path, field=field
+            )
+        weights[midx[name]] = w
+    present = np.array([n in trc for n in model], bool)
+    return weights, present
+
+
+def coordinate_task_arrays(setup: IKSetup, tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coordinate tasks as arrays over the tree's full coordinate vector.
+
+    Returns ``coord_index`` (K,) int64 into ``tree.coordinate_names``, ``weight`` (K,) and
+    ``target`` (K,) float64 (radians or metres).
+    """
+    names = list(tree.coordinate_names)
+    cidx = {n: i for i, n in enumerate(names)}
+    default = np.asarray(tree.coord_default, np.float64)
+    idx, w, tgt = [], [], []
+    for task in setup.coordinate_tasks:
+        field = f"IKCoordinateTask {task.name}"
+        if task.name not in cidx:
+            raise InputError(
+                f"coordinate '{task.name}' is not in the model", path=setup.path, field=field
+            )
+        i = cidx[task.name]
+        if task.value_type == "from_file":
+            raise InputError(
+                "value_type from_file (targets from coordinate_file) is not supported yet; "
+                "use default_value or manual_value",
+                path=setup.path,
+                field=f"{field}/value_type",
+            )
+        idx.append(i)
+        w.append(task.weight)
+        tgt.append(default[i] if task.value_type == "default_value" else task.value)
+    return (
+        np.asarray(idx, np.int64),
+        np.asarray(w, np.float64),
+        np.asarray(tgt, np.float64),
+    )
