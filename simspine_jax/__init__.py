@@ -1,0 +1,34 @@
+"""simspine-jax: fast, differentiable, OpenSim-exact spine kinematics in JAX.
+
+Import stays light: no OpenSim, no Flax, no plotting at import time.
+"""
+
+from .errors import InputError, ModelError, SimSpineError
+from .export import read_osim
+from .fk import (
+    FKResult,
+    forward_kinematics,
+    full_coordinates,
+    independent_coordinates,
+    marker_positions,
+)
+from .model import KinematicTree, load_model, load_tree, save_tree, tree_from_export
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FKResult",
+    "InputError",
+    "KinematicTree",
+    "ModelError",
+    "SimSpineError",
+    "forward_kinematics",
+    "full_coordinates",
+    "independent_coordinates",
+    "load_model",
+    "load_tree",
+    "marker_positions",
+    "read_osim",
+    "save_tree",
+    "tree_from_export",
+]

@@ -28,7 +28,9 @@ class FKResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- functions
-def eval_functions(tree: KinematicTree, fidx: np.ndarray, X: jax.Array) -> jax.Array:
+def eval_functions(
+    tree: KinematicTree, fidx: np.ndarray, X: jax.Array, *, with_derivative: bool = False
+):
     """Evaluate transform functions ``fidx`` (static) at ``X``. Shape: (len(fidx),).
 
     SimmSpline rule: cubic inside [x0, x_last], linear with the end slope outside; pure
@@ -50,7 +52,10 @@ def eval_functions(tree: KinematicTree, fidx: np.ndarray, X: jax.Array) -> jax.A
     c = jnp.where(inside, tree.func_c[fidx][rows, k], 0.0)
     d = jnp.where(inside, tree.func_d[fidx][rows, k], 0.0)
     y = tree.func_y[fidx][rows, k]
-    return y + dx * (b + dx * (c + dx * d))
+    val = y + dx * (b + dx * (c + dx * d))
+    if with_derivative:
+        return val, b + dx * (2.0 * c + 3.0 * dx * d)
+    return val
 
 
 # ----------------------------------------------------------------------------- coordinates
@@ -105,30 +110,37 @@ def axis_angle_matrix(axis: jax.Array, angle: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- FK kernels
-def local_transforms(tree: KinematicTree, q_full: jax.Array):
-    """Transforms parent body -> child body for all bodies (body 0, ground, gets identity).
-
-    Shape: (n_coord,) -> R (n_body, 3, 3), p (n_body, 3).
-    """
+def _joint_pieces(tree: KinematicTree, q_full: jax.Array, with_derivative: bool = False):
+    """Axis values and rotations of every joint. Shapes: v (n_body, 6), R1..R3 (n_body, 3, 3)."""
     topo = tree.topology
     n_body = tree.n_body
     fidx = topo.axis_func.reshape(-1)
     inp = topo.func_input[fidx]
     X = jnp.where(jnp.asarray(inp >= 0), q_full[np.maximum(inp, 0)], 0.0)
-    v = eval_functions(tree, fidx, X).reshape(n_body, 6)
+    out = eval_functions(tree, fidx, X, with_derivative=with_derivative)
+    v, dv = out if with_derivative else (out, None)
+    v = v.reshape(n_body, 6)
     ax = tree.joint_axes
-    R_fm = (
-        axis_angle_matrix(ax[:, 0], v[:, 0])
-        @ axis_angle_matrix(ax[:, 1], v[:, 1])
-        @ axis_angle_matrix(ax[:, 2], v[:, 2])
-    )
+    R1 = axis_angle_matrix(ax[:, 0], v[:, 0])
+    R2 = axis_angle_matrix(ax[:, 1], v[:, 1])
+    R3 = axis_angle_matrix(ax[:, 2], v[:, 2])
     p_fm = jnp.einsum("bk,bki->bi", v[:, 3:6], ax[:, 3:6])
+    return v, dv, R1, R2, R3, p_fm
+
+
+def local_transforms(tree: KinematicTree, q_full: jax.Array):
+    """Transforms parent body -> child body for all bodies (body 0, ground, gets identity).
+
+    Shape: (n_coord,) -> R (n_body, 3, 3), p (n_body, 3).
+    """
+    _, _, R1, R2, R3, p_fm = _joint_pieces(tree, q_full)
+    R_fm = R1 @ R2 @ R3
     # X_parent_child = X_parent_F * X_F_M(q) * X_M_child
     R_pm = tree.joint_R_pf @ R_fm
     p_pm = tree.joint_p_pf + jnp.einsum("bij,bj->bi", tree.joint_R_pf, p_fm)
     R = R_pm @ tree.joint_R_cm
     p = p_pm + jnp.einsum("bij,bj->bi", R_pm, tree.joint_p_cm)
-    assert R.shape == (n_body, 3, 3) and p.shape == (n_body, 3)
+    assert R.shape == (tree.n_body, 3, 3) and p.shape == (tree.n_body, 3)
     return R, p
 
 
@@ -148,6 +160,86 @@ def _fk_one(tree: KinematicTree, q_full: jax.Array) -> FKResult:
     mb = tree.topology.marker_body
     markers = p_w[mb] + jnp.einsum("mij,mj->mi", R_w[mb], tree.marker_offset)
     return FKResult(R_w, p_w, markers)
+
+
+def marker_jacobian_one(tree: KinematicTree, q_indep: jax.Array):
+    """Marker positions and their analytic (geometric) Jacobian for one frame.
+
+    For a rotation axis k of joint b, d x_m / d v = omega_k x (x_m - o_M) with omega_k the
+    axis in world (after the preceding body-fixed rotations) and o_M the joint's child-frame
+    origin; for a translation axis it is the axis in world. Chain rule through the transform
+    functions (f') and the coupler map G = d q_full / d q_indep.
+    Shape: (n_indep,) -> markers (M, 3), J (M, 3, n_indep), q_full (n_coord,), G (n_coord, n_indep).
+    """
+    topo = tree.topology
+    q_full, G = _full_and_map(tree, q_indep)
+    v, dv, R1, R2, R3, p_fm = _joint_pieces(tree, q_full, with_derivative=True)
+    R_fm = R1 @ R2 @ R3
+    R_pm = tree.joint_R_pf @ R_fm
+    p_pm = tree.joint_p_pf + jnp.einsum("bij,bj->bi", tree.joint_R_pf, p_fm)
+    R_loc = R_pm @ tree.joint_R_cm
+    p_loc = p_pm + jnp.einsum("bij,bj->bi", R_pm, tree.joint_p_cm)
+    R_w, p_w = _compose(tree, R_loc, p_loc)
+    par = np.maximum(topo.body_parent, 0)
+    R_GF = R_w[par] @ tree.joint_R_pf  # (n_body, 3, 3)
+    o_F = p_w[par] + jnp.einsum("bij,bj->bi", R_w[par], tree.joint_p_pf)
+    ax = tree.joint_axes
+    w0 = jnp.einsum("bij,bj->bi", R_GF, ax[:, 0])
+    w1 = jnp.einsum("bij,bj->bi", R_GF @ R1, ax[:, 1])
+    w2 = jnp.einsum("bij,bj->bi", R_GF @ R1 @ R2, ax[:, 2])
+    tr = jnp.einsum("bij,bkj->bki", R_GF, ax[:, 3:6])  # (n_body, 3, 3)
+    o_M = o_F + jnp.einsum("bij,bj->bi", R_GF, p_fm)
+    mb = topo.marker_body
+    x = p_w[mb] + jnp.einsum("mij,mj->mi", R_w[mb], tree.marker_offset)  # (M, 3)
+    # only (body, axis) rows driven by a coordinate matter: gather them (static indices)
+    act = topo.active_axes  # (R,) flat indices into (n_body * 6)
+    act_body, act_k = act // 6, act % 6
+    w_all = jnp.stack([w0, w1, w2], axis=1)  # (n_body, 3, 3)
+    lever = x[:, None, :] - o_M[act_body][None]  # (M, R, 3)
+    rot_rows = np.nonzero(act_k < 3)[0]
+    trn_rows = np.nonzero(act_k >= 3)[0]
+    Jr = jnp.zeros((x.shape[0], len(act), 3), x.dtype)
+    if len(rot_rows):
+        omega = w_all[act_body[rot_rows], act_k[rot_rows]]  # (Rr, 3)
+        Jr = Jr.at[:, rot_rows].set(jnp.cross(omega[None], lever[:, rot_rows]))
+    if len(trn_rows):
+        tau = tr[act_body[trn_rows], act_k[trn_rows] - 3]  # (Rt, 3)
+        Jr = Jr.at[:, trn_rows].set(jnp.broadcast_to(tau[None], (x.shape[0],) + tau.shape))
+    fidx = topo.axis_func.reshape(-1)[act]
+    Jr = Jr * (topo.marker_ancestor[:, act_body] * 1.0)[:, :, None] * dv[act][None, :, None]
+    # sum rows into the full coordinate each one is driven by, then map to independents
+    J_full = jax.ops.segment_sum(
+        jnp.moveaxis(Jr, 1, 0), topo.func_input[fidx], num_segments=tree.n_coord
+    )  # (n_coord, M, 3)
+    # G is one-hot for independents plus one coupler slope per dependent: apply it sparsely
+    if len(topo.dep_coord):
+        src = topo.func_input[topo.dep_func]
+        slope = _dep_slope(G, topo)
+        J_full = J_full.at[src].add(J_full[topo.dep_coord] * slope[:, None, None])
+    J = jnp.moveaxis(J_full[topo.indep_coord], 0, -1)
+    return x, J, q_full, G
+
+
+def _dep_slope(G, topo):
+    """d q_dep / d q_src for each dependent coordinate. Shape: (n_dep,)."""
+    src = topo.func_input[topo.dep_func]
+    col = np.searchsorted(topo.indep_coord, src)
+    return G[topo.dep_coord, col]
+
+
+def _full_and_map(tree: KinematicTree, q_indep: jax.Array):
+    """q_full and G = d q_full / d q_indep. Shapes: (n_coord,), (n_coord, n_indep)."""
+    topo = tree.topology
+    n_i = tree.n_indep
+    q = tree.coord_default.astype(q_indep.dtype).at[topo.indep_coord].set(q_indep)
+    G = jnp.zeros((tree.n_coord, n_i), q_indep.dtype)
+    G = G.at[topo.indep_coord, np.arange(n_i)].set(1.0)
+    if len(topo.dep_coord):
+        src = topo.func_input[topo.dep_func]
+        val, der = eval_functions(tree, topo.dep_func, q[src], with_derivative=True)
+        q = q.at[topo.dep_coord].set(val)
+        G = G.at[topo.dep_coord].set(der[:, None] * G[src])
+    return q, G
 
 
 def _fk_batched(tree: KinematicTree, q: jax.Array, full: bool) -> FKResult:

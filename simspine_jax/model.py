@@ -82,6 +82,25 @@ class Topology:
         raise AttributeError(name)
 
     @cached_property
+    def marker_ancestor(self) -> np.ndarray:
+        """1.0 where body b moves marker m (b on the path from the marker's body to ground,
+        ground excluded). Shape: (n_marker, n_body)."""
+        parent = self.arrays["body_parent"]
+        mb = self.arrays["marker_body"]
+        anc = np.zeros((len(mb), len(parent)))
+        for m, b in enumerate(mb):
+            while b > 0:
+                anc[m, b] = 1.0
+                b = parent[b]
+        return anc
+
+    @cached_property
+    def active_axes(self) -> np.ndarray:
+        """Flat (body * 6 + axis) indices of joint axes driven by a coordinate. Shape: (R,)."""
+        inp = self.arrays["func_input"][self.arrays["axis_func"].reshape(-1)]
+        return np.nonzero(inp >= 0)[0]
+
+    @cached_property
     def levels(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per tree depth 1..max: (body indices, their parents). Shape: ((n_d,), (n_d,))."""
         depth = self.arrays["body_depth"]
