@@ -145,8 +145,8 @@ def simm_spline_coefficients(x: np.ndarray, y: np.ndarray) -> PiecewiseCubic:
 
     The classic natural-cubic construction SIMM used (Forsythe, Malcolm and Moler): a
     tridiagonal system for the second-derivative terms, with end conditions matching the third
-    derivative of the cubic through the four end points. With fewer than four points OpenSim
-    uses the straight line through the first two points.
+    derivative of the cubic through the four end points (natural ends with three points; a
+    straight line with two).
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
@@ -156,9 +156,8 @@ def simm_spline_coefficients(x: np.ndarray, y: np.ndarray) -> PiecewiseCubic:
     d = np.zeros(n)
     if n < 2:
         raise ValueError("a SimmSpline needs at least two points")
-    if n < 4:
-        b[0] = (y[1] - y[0]) / (x[1] - x[0])
-        b[1] = b[0]
+    if n == 2:
+        b[0] = b[1] = (y[1] - y[0]) / (x[1] - x[0])
         return PiecewiseCubic(x, y, b, c, d)
     nm1, nm2 = n - 1, n - 2
     d[0] = x[1] - x[0]
@@ -170,10 +169,12 @@ def simm_spline_coefficients(x: np.ndarray, y: np.ndarray) -> PiecewiseCubic:
         c[i] = c[i + 1] - c[i]
     b[0] = -d[0]
     b[nm1] = -d[n - 2]
-    d1 = c[2] / (x[3] - x[1]) - c[1] / (x[2] - x[0])
-    d2 = c[nm2] / (x[nm1] - x[n - 3]) - c[n - 3] / (x[nm2] - x[n - 4])
-    c[0] = d1 * d[0] * d[0] / (x[3] - x[0])
-    c[nm1] = -d2 * d[n - 2] * d[n - 2] / (x[nm1] - x[n - 4])
+    c[0] = c[nm1] = 0.0
+    if n > 3:  # with three points the end conditions stay natural (c = 0)
+        d1 = c[2] / (x[3] - x[1]) - c[1] / (x[2] - x[0])
+        d2 = c[nm2] / (x[nm1] - x[n - 3]) - c[n - 3] / (x[nm2] - x[n - 4])
+        c[0] = d1 * d[0] * d[0] / (x[3] - x[0])
+        c[nm1] = -d2 * d[n - 2] * d[n - 2] / (x[nm1] - x[n - 4])
     for i in range(1, n):
         t = d[i - 1] / b[i - 1]
         b[i] -= t * d[i - 1]
