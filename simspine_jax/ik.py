@@ -241,7 +241,14 @@ def _robust_start(tree, opts, q_default, z, w, ci, cw, ct, lo, hi):
         return q.at[free].set(qr), cost
 
     qs, costs = jax.vmap(fit)(grids)
-    return qs[jnp.argmin(costs)]
+    # Equivalent Euler-angle solutions fit equally well: among the starts whose cost is within
+    # 1e-6 of the best, keep the one with the smallest root angles (wrapped to [-pi, pi)).
+    wrapped = (qs[:, rot] + jnp.pi) % (2 * jnp.pi) - jnp.pi
+    qs = qs.at[:, rot].set(wrapped)
+    best = jnp.min(costs)
+    near = costs <= best * (1 + 1e-6) + 1e-10
+    size = jnp.where(near, jnp.sum(wrapped**2, axis=1), jnp.inf)
+    return qs[jnp.argmin(size)]
 
 
 def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):

@@ -1,0 +1,222 @@
+"""``simspine-jax`` command line: a thin layer over the library (each subcommand is a function)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SimSpineError
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "simspine_default.npz"
+
+
+# ----------------------------------------------------------------------------- library calls
+def export_model(osim: str, out: str, markers: str | None = None) -> Path:
+    """Export an ``.osim`` (+ optional MarkerSet ``.xml``) to a kinematic-tree ``.npz``."""
+    from .export import read_osim
+    from .model import save_tree
+
+    return save_tree(read_osim(osim, markers=markers), out)
+
+
+def model_info(model: str, markers: str | None = None) -> str:
+    """A readable summary of a model: bodies, joints, coordinates, markers."""
+    from .model import load_model
+
+    tree = load_model(model, markers=markers)
+    meta = tree.meta
+    lines = [
+        f"model {meta['name']} (from {meta['source']}, sha256 {meta['source_sha256'][:12]})",
+        f"bodies ({tree.n_body - 1} + ground):",
+    ]
+    parent = tree.topology.body_parent
+    for i, b in enumerate(tree.body_names[1:], start=1):
+        lines.append(f"  {b:<14} parent {tree.body_names[parent[i]]}")
+    lines.append(f"joints ({len(meta['joints'])}):")
+    for j in meta["joints"]:
+        lines.append(
+            f"  {j['name']:<22} {j['type']:<15} {j['parent']} -> {j['child']}"
+            f"  [{', '.join(j['coordinates'])}]"
+        )
+    lines.append(
+        f"coordinates ({tree.n_coord}; {tree.n_indep} independent, "
+        f"{len(meta['couplers'])} coupled, "
+        f"{sum(c['locked'] for c in meta['coordinates'])} locked):"
+    )
+    for c in meta["coordinates"]:
+        if c["dependent_on"]:
+            kind = f"dependent on {c['dependent_on']}"
+        elif c["locked"]:
+            kind = "locked"
+        else:
+            kind = "independent"
+        rng = c["range"]
+        lines.append(
+            f"  {c['name']:<24} {c['motion_type']:<13} {kind:<32} "
+            f"range [{rng[0]:.4g}, {rng[1]:.4g}]{' clamped' if c['clamped'] else ''}"
+        )
+    lines.append(f"markers ({tree.n_marker}):")
+    for m, b in zip(meta["markers"], meta["marker_bodies"], strict=True):
+        lines.append(f"  {m:<16} on {b}")
+    return "\n".join(lines)
+
+
+def run_fk(model: str, mot: str, out_trc: str, markers: str | None = None, plot: str | None = None):
+    """Marker trajectories of an OpenSim motion file, written as TRC. Returns a summary dict.
+
+    Rotational coordinates are converted from degrees when the file says ``inDegrees=yes``
+    (coupled coordinates stay in radians, as OpenSim 4.6 writes them). Dependent coordinates
+    are recomputed from the independent ones (OpenSim enforces constraints the same way);
+    missing independent columns are an error, missing dependent/locked ones are allowed.
+    """
+    import jax
+
+    from .errors import InputError
+    from .fk import forward_kinematics
+    from .io import read_storage, write_trc
+    from .model import load_model
+
+    tree = load_model(model, markers=markers)
+    motion = read_storage(mot)
+    q = motion_to_independent(tree, motion, mot)
+    if tree.n_marker == 0:
+        raise InputError("the model has no markers; pass --markers MARKERS.xml", path=model)
+    t0 = time.perf_counter()
+    pos = np.asarray(jax.block_until_ready(forward_kinematics(tree, q).markers))
+    dt = time.perf_counter() - t0
+    write_trc(out_trc, tree.marker_names, motion.time, pos, units="m")
+    summary = dict(
+        frames=int(q.shape[0]),
+        markers=tree.n_marker,
+        fk_seconds=round(dt, 4),
+        out=str(out_trc),
+        extent_m=np.round(np.nanmax(pos, (0, 1)) - np.nanmin(pos, (0, 1)), 3).tolist(),
+    )
+    if plot:
+        from .plots import plot_marker_trajectories
+
+        plot_marker_trajectories(motion.time, pos, tree.marker_names, plot)
+        summary["plot"] = str(plot)
+    return summary
+
+
+def motion_to_independent(tree, motion, path) -> np.ndarray:
+    """Independent coordinates (radians, metres) from a StorageData of a motion file."""
+    from .errors import InputError
+
+    idx = {c: i for i, c in enumerate(motion.labels)}
+    cols = []
+    for name in tree.independent_names:
+        if name not in idx:
+            raise InputError(
+                f"motion has no column for independent coordinate '{name}'", path=str(path)
+            )
+        v = motion.values[:, idx[name]].astype(np.float64)
+        info = tree.meta["coordinates"][tree.coordinate_names.index(name)]
+        if motion.in_degrees and info["motion_type"] == "rotational":
+            v = np.deg2rad(v)
+        bad = np.nonzero(~np.isfinite(v))[0]
+        if bad.size:
+            raise InputError(
+                "value is not a finite number", path=str(path), frame=int(bad[0]), field=name
+            )
+        cols.append(v)
+    return np.stack(cols, -1)
+
+
+# ----------------------------------------------------------------------------- argparse
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="simspine-jax",
+        description="Fast, differentiable, OpenSim-exact spine kinematics in JAX.",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    e = sub.add_parser("export", help="export an OpenSim .osim to a kinematic tree (.npz)")
+    e.add_argument("osim", help="OpenSim model file (.osim, OpenSim 4 format)")
+    e.add_argument("--markers", help="OpenSim MarkerSet .xml to use instead of the model's")
+    e.add_argument("-o", "--out", required=True, help="output .npz")
+
+    i = sub.add_parser("info", help="print bodies, joints, coordinates and markers of a model")
+    i.add_argument("model", nargs="?", default=str(DEFAULT_MODEL), help=".npz or .osim")
+    i.add_argument("--markers", help="OpenSim MarkerSet .xml")
+
+    f = sub.add_parser("fk", help="marker trajectories (TRC) from an OpenSim motion (.mot)")
+    f.add_argument("--model", default=str(DEFAULT_MODEL), help=".npz or .osim (default: SimSpine)")
+    f.add_argument("--markers", help="OpenSim MarkerSet .xml (overrides the model's markers)")
+    f.add_argument("--mot", required=True, help="OpenSim motion file (.mot/.sto)")
+    f.add_argument("-o", "--out", required=True, help="output .trc (metres)")
+    f.add_argument("--plot", help="also write a PNG of the marker trajectories")
+
+    k = sub.add_parser("ik", help="inverse kinematics of TRC trials (writes .mot and .sto)")
+    k.add_argument("--model", default=str(DEFAULT_MODEL), help=".npz or .osim")
+    k.add_argument("--markers", help="OpenSim MarkerSet .xml (overrides the model's markers)")
+    k.add_argument("--trc", required=True, nargs="+", help="marker trials (.trc)")
+    k.add_argument("--setup", help="OpenSim IK setup .xml (marker weights, coordinate tasks)")
+    k.add_argument("--smooth-vel", type=float, default=0.0, help="lambda_v on |D1 q|^2")
+    k.add_argument("--smooth-acc", type=float, default=0.0, help="lambda_a on |D2 q|^2")
+    k.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
+    k.add_argument("-o", "--out", required=True, help="output folder")
+
+    c = sub.add_parser(
+        "crosscheck", help="OpenSim's IK vs ours (lambda = 0) on the same inputs"
+    )
+    c.add_argument("--osim", required=True, help="OpenSim model (.osim)")
+    c.add_argument("--markers", help="OpenSim MarkerSet .xml added to the model")
+    c.add_argument("--trc", required=True, help="marker trial (.trc)")
+    c.add_argument("--setup", help="OpenSim IK setup .xml")
+    c.add_argument("-o", "--out", required=True, help="output folder")
+
+    d = sub.add_parser("demo", help="the main job on the bundled default data")
+    d.add_argument("-o", "--out", default="out/demo", help="output folder")
+    d.add_argument("--frames", type=int, default=300, help="frames of the sample trial")
+    d.add_argument("--no-opensim", action="store_true", help="skip the OpenSim cross-check")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "export":
+            out = export_model(args.osim, args.out, args.markers)
+            print(f"wrote {out}")
+            print(model_info(str(out)).split("\n")[0])
+        elif args.cmd == "info":
+            print(model_info(args.model, args.markers))
+        elif args.cmd == "fk":
+            print(json.dumps(run_fk(args.model, args.mot, args.out, args.markers, args.plot)))
+        elif args.cmd == "ik":
+            from .pipeline import run_ik_files
+
+            run_ik_files(
+                args.model,
+                args.trc,
+                args.out,
+                markers=args.markers,
+                setup=args.setup,
+                smooth_vel=args.smooth_vel,
+                smooth_acc=args.smooth_acc,
+                float64=not args.float32,
+            )
+        elif args.cmd == "crosscheck":
+            from .pipeline import crosscheck
+
+            r = crosscheck(args.osim, args.trc, args.out, setup=args.setup, markers=args.markers)
+            print(json.dumps({k: r[k] for k in ("frames", "ours", "opensim", "speed_ratio")}))
+        elif args.cmd == "demo":
+            from .pipeline import run_demo
+
+            run_demo(args.out, frames=args.frames, opensim_check=not args.no_opensim)
+    except SimSpineError as e:
+        print(f"simspine-jax: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

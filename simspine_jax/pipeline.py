@@ -1,0 +1,308 @@
+"""End-to-end jobs behind the CLI: IK on TRC files, and the demo on the bundled default data."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+def enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache, so a second run does not recompile."""
+    import jax
+
+    cache = Path(
+        os.environ.get("SIMSPINE_JAX_CACHE", Path.home() / ".cache" / "simspine-jax" / "xla")
+    )
+    cache.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def trc_to_model_markers(tree, trc, path) -> np.ndarray:
+    """TRC positions reordered to the model's markers (NaN for model markers not in the file).
+
+    Shape: (T, M_model, 3)."""
+    idx = {n: i for i, n in enumerate(trc.marker_names)}
+    common = [n for n in tree.marker_names if n in idx]
+    if not common:
+        raise InputError(
+            f"no TRC marker matches a model marker (TRC: {', '.join(trc.marker_names[:8])}...; "
+            f"model: {', '.join(tree.marker_names[:8])}...)",
+            path=str(path),
+        )
+    out = np.full((trc.positions.shape[0], tree.n_marker, 3), np.nan)
+    for j, n in enumerate(tree.marker_names):
+        if n in idx:
+            out[:, j] = trc.positions[:, idx[n]]
+    return out
+
+
+def write_ik_outputs(tree, out_dir: Path, stem: str, time_s, res, weights) -> dict:
+    """Write ``<stem>.mot``, ``<stem>_marker_errors.sto``, ``<stem>_model_marker_locations.sto``
+    the way OpenSim's IK tool does. Returns the summary of the trial."""
+    from .io import write_storage
+    from .synth import coordinates_for_storage
+
+    q_full = np.asarray(res.q_full, np.float64)
+    write_storage(
+        out_dir / f"{stem}.mot",
+        list(tree.coordinate_names),
+        time_s,
+        coordinates_for_storage(tree, q_full),
+        in_degrees=True,
+        name="Coordinates",
+    )
+    err = np.asarray(res.marker_error, np.float64)
+    used = np.isfinite(err) & (np.asarray(weights)[None, :] > 0)
+    sq = np.where(used, np.asarray(weights)[None, :] * np.nan_to_num(err) ** 2, 0.0).sum(1)
+    write_storage(
+        out_dir / f"{stem}_marker_errors.sto",
+        ["total_squared_error", "marker_error_RMS", "marker_error_max"],
+        time_s,
+        np.stack([sq, np.asarray(res.rms_error), np.asarray(res.max_error)], 1),
+        in_degrees=None,
+        name="Model Marker Errors from IK",
+        kind="sto",
+    )
+    from .fk import forward_kinematics
+
+    loc = np.asarray(forward_kinematics(tree, np.asarray(res.q)).markers, np.float64)
+    labels = [f"{m}_{a}" for m in tree.marker_names for a in ("tx", "ty", "tz")]
+    write_storage(
+        out_dir / f"{stem}_model_marker_locations.sto",
+        labels,
+        time_s,
+        loc.reshape(loc.shape[0], -1),
+        in_degrees=None,
+        name="Model Marker Locations from IK",
+        kind="sto",
+    )
+    status = np.asarray(res.status)
+    sens = np.asarray(res.sensitivity)
+    weak = [
+        tree.independent_names[i]
+        for i in range(sens.shape[1])
+        if np.nanmedian(np.where(np.isfinite(sens[:, i]), sens[:, i], 1e9)) > 50.0
+    ]
+    return dict(
+        trial=stem,
+        frames=int(status.shape[0]),
+        rms_mm=round(float(np.nanmean(res.rms_error)) * 1e3, 3),
+        max_mm=round(float(np.nanmax(res.max_error)) * 1e3, 3),
+        iterations_mean=round(float(np.mean(res.iterations)), 2),
+        converged=int(np.sum(status == 0)),
+        max_iters=int(np.sum(status == 1)),
+        too_few_markers=int(np.sum(status == 2)),
+        weakly_observed=weak,
+    )
+
+
+def run_ik_files(
+    model,
+    trcs,
+    out,
+    *,
+    markers=None,
+    setup=None,
+    smooth_vel=0.0,
+    smooth_acc=0.0,
+    float64=True,
+    progress=True,
+) -> list[dict]:
+    """IK of TRC trials, solved together in one compiled batch; writes OpenSim-style files."""
+    import jax
+
+    if float64:
+        jax.config.update("jax_enable_x64", True)
+    enable_compilation_cache()
+    from tqdm import tqdm
+
+    from .ik import IKOptions, solve_ik_batch
+    from .ik_setup import coordinate_task_arrays, marker_weight_vector, read_ik_setup
+    from .io import read_trc
+    from .model import load_model
+
+    t_start = time.perf_counter()
+    tree = load_model(model, markers=markers)
+    trials = [read_trc(p) for p in trcs]
+    seqs = [trc_to_model_markers(tree, t, p) for t, p in zip(trials, trcs, strict=True)]
+    if setup is not None:
+        ik_setup = read_ik_setup(setup)
+        weights, _ = marker_weight_vector(ik_setup, tree, trials[0].marker_names)
+        tasks = coordinate_task_arrays(ik_setup, tree)
+    else:
+        weights, tasks = np.ones(tree.n_marker), None
+    opts = IKOptions(smooth_vel=smooth_vel, smooth_acc=smooth_acc)
+    t0 = time.perf_counter()
+    results = solve_ik_batch(tree, seqs, weights, tasks, opts)
+    jax.block_until_ready(results)
+    solve_s = time.perf_counter() - t0
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    it = zip(trials, trcs, results, strict=True)
+    for trial, path, res in tqdm(it, total=len(trials), disable=not progress, desc="writing"):
+        s = write_ik_outputs(tree, out, Path(path).stem, trial.time, res, weights)
+        s["solve_frames_per_s"] = round(sum(len(t.time) for t in trials) / solve_s, 1)
+        s["wall_s"] = round(time.perf_counter() - t_start, 2)
+        summaries.append(s)
+        print(json.dumps(s))
+    return summaries
+
+
+def run_demo(out, frames: int = 300, opensim_check: bool = True) -> dict:
+    """The README's main job: a synthetic SimSpine trial -> IK -> files, plots, cross-check."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    enable_compilation_cache()
+    from .cli import DEFAULT_MODEL
+    from .io import write_trc
+    from .model import load_model
+    from .plots import plot_ik_summary
+    from .synth import synthetic_trial
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tree = load_model(DEFAULT_MODEL)
+    trial = synthetic_trial(tree, frames, noise_m=0.005, gap_fraction=0.02, seed=0)
+    trc = out / "sample_trial.trc"
+    write_trc(trc, tree.marker_names, trial["time"], trial["markers"], units="mm")
+    summaries = run_ik_files(DEFAULT_MODEL, [trc], out, smooth_acc=0.0, progress=False)
+    from .io import read_storage
+    from .cli import motion_to_independent
+
+    mot = read_storage(out / "sample_trial.mot")
+    q = motion_to_independent(tree, mot, out / "sample_trial.mot")
+    err_deg = np.rad2deg(np.abs(q - trial["q_true"]))
+    plot_ik_summary(tree, trial, q, out / "sample_trial_ik.png")
+    report = dict(
+        summary=summaries[0],
+        coordinate_error_vs_truth_deg_median=float(np.median(err_deg)),
+        plot=str(out / "sample_trial_ik.png"),
+    )
+    print(json.dumps(report))
+    return report
+
+
+def frame_costs(tree, q_indep, markers, weights, tasks) -> np.ndarray:
+    """Weighted per-frame IK cost (markers + coordinate tasks) of given coordinates. (T,)"""
+    import jax.numpy as jnp
+
+    from .fk import forward_kinematics, full_coordinates
+
+    zhat = np.asarray(forward_kinematics(tree, q_indep).markers)
+    d2 = np.sum((zhat - markers) ** 2, -1)
+    w = np.asarray(weights)[None, :] * np.isfinite(d2)
+    cost = np.sum(np.where(w > 0, w * np.nan_to_num(d2), 0.0), 1)
+    if tasks is not None and len(tasks[0]):
+        qf = np.asarray(full_coordinates(tree, jnp.asarray(q_indep)))
+        ci, cw, ct = (np.asarray(a) for a in tasks)
+        cost = cost + np.sum(cw[None] * (qf[:, ci] - ct[None]) ** 2, 1)
+    return cost
+
+
+def crosscheck(osim, trc, out, *, setup=None, markers=None, plot=True) -> dict:
+    """OpenSim's InverseKinematicsTool and our IK (lambda = 0) on identical inputs.
+
+    Writes ``out/crosscheck.json`` (per-coordinate RMS/max difference in degrees or mm, marker
+    errors, per-frame weighted costs, wall times, frames/s ratio) and a plot of the coordinates
+    that differ most. Coordinates that the markers observe poorly (sensitivity) are flagged.
+    """
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    enable_compilation_cache()
+    from .ik import IKOptions, solve_ik
+    from .ik_setup import coordinate_task_arrays, marker_weight_vector, read_ik_setup
+    from .io import read_trc
+    from .model import load_model
+    from .osim_bridge.ik import run_opensim_ik
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tree = load_model(osim, markers=markers)
+    data = read_trc(trc)
+    seq = trc_to_model_markers(tree, data, trc)
+    if setup is not None:
+        s = read_ik_setup(setup)
+        weights, _ = marker_weight_vector(s, tree, data.marker_names)
+        tasks = coordinate_task_arrays(s, tree)
+    else:
+        weights = np.array([float(n in data.marker_names) for n in tree.marker_names])
+        tasks = None
+    ref = run_opensim_ik(osim, trc, setup, out_dir=out / "opensim", markers=markers)
+    if list(ref["coordinate_names"]) != list(tree.coordinate_names):
+        raise InputError("OpenSim and the exported model list different coordinates", path=osim)
+    # ours: a first call compiles; time the second (the compile is reported separately)
+    t0 = time.perf_counter()
+    res = jax.block_until_ready(solve_ik(tree, seq, weights, tasks, IKOptions()))
+    t1 = time.perf_counter()
+    res = jax.block_until_ready(solve_ik(tree, seq, weights, tasks, IKOptions()))
+    t2 = time.perf_counter()
+    T = seq.shape[0]
+    q_ref_full = np.asarray(ref["q_full"])
+    q_ref = q_ref_full[:, tree.topology.indep_coord]
+    q_ours = np.asarray(res.q)
+    cost_ours = frame_costs(tree, q_ours, seq, weights, tasks)
+    cost_ref = frame_costs(tree, q_ref, seq, weights, tasks)
+    sens = np.nanmedian(np.where(np.isfinite(res.sensitivity), res.sensitivity, 1e9), 0)
+    coords = {}
+    for i, n in enumerate(tree.independent_names):
+        info = tree.meta["coordinates"][tree.coordinate_names.index(n)]
+        d = q_ours[:, i] - q_ref[:, i]
+        if info["motion_type"] == "translational":
+            unit, d = "mm", d * 1e3
+        else:
+            unit, d = "deg", np.rad2deg(d)
+        coords[n] = dict(
+            unit=unit,
+            rms=float(np.sqrt(np.mean(d**2))),
+            max=float(np.max(np.abs(d))),
+            weakly_observed=bool(sens[i] > 50.0),
+        )
+    report = dict(
+        osim=str(osim),
+        trc=str(trc),
+        setup=None if setup is None else str(setup),
+        frames=T,
+        coordinates=coords,
+        ours=dict(
+            marker_rms_mm=float(np.nanmean(res.rms_error) * 1e3),
+            marker_max_mm=float(np.nanmax(res.max_error) * 1e3),
+            wall_s=t2 - t1,
+            first_call_s=t1 - t0,
+            frames_per_s=T / (t2 - t1),
+            cost_mean=float(np.mean(cost_ours)),
+        ),
+        opensim=dict(
+            marker_rms_mm=float(np.mean(ref["marker_rms"]) * 1e3),
+            marker_max_mm=float(np.max(ref["marker_max"]) * 1e3),
+            wall_s=ref["wall_s"],
+            frames_per_s=ref["frames_per_s"],
+            cost_mean=float(np.mean(cost_ref)),
+        ),
+        frames_where_ours_costs_more_than_2pct=int(np.sum(cost_ours > 1.02 * cost_ref + 1e-12)),
+        speed_ratio=(T / (t2 - t1)) / ref["frames_per_s"],
+        coordinate_tasks=None
+        if tasks is None
+        else [
+            dict(coordinate=tree.coordinate_names[int(c)], weight=float(w), target=float(t))
+            for c, w, t in zip(*tasks, strict=True)
+        ],
+    )
+    from .io import atomic_write_text
+
+    atomic_write_text(out / "crosscheck.json", json.dumps(report, indent=1))
+    if plot:
+        from .plots import plot_crosscheck
+
+        plot_crosscheck(tree, ref["time"], q_ours, q_ref, coords, out / "crosscheck.png")
+    return report
