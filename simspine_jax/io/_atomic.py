@@ -1,32 +1,99 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then os.replace."""
+"""Atomic file writes: the target is either the old file or the complete new one, never half.
+
+The data goes to a temporary file in the target's directory (same filesystem, so the final
+``os.replace`` is an atomic rename), is flushed and fsync'ed, and only then replaces the target.
+If anything fails before that, the temporary file is removed and the target is untouched.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_open", "atomic_write_text"]
+
+_ALLOWED_MODES = {"w", "wt", "wb"}
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # not thread-safe, only a fallback off Linux
+    os.umask(mask)
+    return mask
+
+
+def _target_mode(path: str) -> int:
+    """Permission bits the new file should get: the old file's, or what open() would give."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_current_umask()
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename durable (POSIX); silently skipped where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode: str = "w", newline: str | None = "\n"):
-    """Open ``path`` for writing; the file appears whole at the end or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", *, encoding: str = "utf-8"
+) -> Iterator[IO[Any]]:
+    """Open ``path`` for writing so that the file appears complete or not at all.
+
+    ``mode`` is ``'w'``/``'wt'`` (text, UTF-8 by default) or ``'wb'`` (binary). The parent
+    directory is created if missing. The new file gets the old file's permission bits, or
+    the umask's default for a new file. In text mode ``'\\n'`` is written as is on every platform.
+    """
+    if mode not in _ALLOWED_MODES:
+        raise ValueError(f"atomic_open: unsupported mode {mode!r}; use 'w', 'wt' or 'wb'")
+    target = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(target)
+    os.makedirs(directory, exist_ok=True)
+    binary = "b" in mode
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=directory
+    )
     try:
-        kw = {} if "b" in mode else {"newline": newline, "encoding": "utf-8"}
-        with os.fdopen(fd, mode, **kw) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if binary:
+            fh: IO[Any] = os.fdopen(fd, "wb")
+        else:
+            fh = os.fdopen(fd, "w", encoding=encoding, newline="\n")
+        with fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _target_mode(target))
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
+    _fsync_dir(directory)
 
 
-def atomic_write_text(path, text: str) -> Path:
-    with atomic_open(path, "w") as f:
-        f.write(text)
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_open`); returns the path."""
+    with atomic_open(path, "w", encoding=encoding) as fh:
+        fh.write(text)
     return Path(path)
