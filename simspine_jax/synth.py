@@ -455,17 +455,14 @@ def write_sample_trial(
         rate=rate,
         actions=actions,
     )
-    # legacy scalar repr: io.write_trc formats times with repr(), which numpy >= 2 spells
-    # "np.float64(0.0)"; OpenSim then reads NaN times
-    with np.printoptions(legacy="1.25"):
-        trc = write_trc(
-            out_trc,
-            trial["marker_names"],
-            trial["time"],
-            trial["markers"],
-            units="mm",
-            data_rate=rate,
-        )
+    trc = write_trc(
+        out_trc,
+        trial["marker_names"],
+        trial["time"],
+        trial["markers"],
+        units="mm",
+        data_rate=rate,
+    )
     mot = write_storage(
         out_mot_truth,
         list(tree.coordinate_names),
