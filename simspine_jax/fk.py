@@ -93,6 +93,18 @@ def independent_coordinates(tree: KinematicTree, q_full: jax.Array) -> jax.Array
     return q_full[..., tree.topology.indep_coord]
 
 
+# ----------------------------------------------------------------------------- small products
+def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """3x3 @ 3x3 over leading axes, as multiply + reduce (no dot_general: for tiny matrices it
+    is as fast on CPU, and nested vmaps of batched dots hit an XLA CPU layout bug)."""
+    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+
+
+def _mv(a: jax.Array, v: jax.Array) -> jax.Array:
+    """3x3 @ 3-vector over leading axes."""
+    return jnp.sum(a * v[..., None, :], axis=-1)
+
+
 # ----------------------------------------------------------------------------- rotations
 def axis_angle_matrix(axis: jax.Array, angle: jax.Array) -> jax.Array:
     """Rodrigues rotation about unit ``axis``. Shape: (*, 3), (*,) -> (*, 3, 3)."""
@@ -124,7 +136,7 @@ def _joint_pieces(tree: KinematicTree, q_full: jax.Array, with_derivative: bool 
     R1 = axis_angle_matrix(ax[:, 0], v[:, 0])
     R2 = axis_angle_matrix(ax[:, 1], v[:, 1])
     R3 = axis_angle_matrix(ax[:, 2], v[:, 2])
-    p_fm = jnp.einsum("bk,bki->bi", v[:, 3:6], ax[:, 3:6])
+    p_fm = jnp.sum(v[:, 3:6, None] * ax[:, 3:6], axis=1)
     return v, dv, R1, R2, R3, p_fm
 
 
@@ -134,12 +146,16 @@ def local_transforms(tree: KinematicTree, q_full: jax.Array):
     Shape: (n_coord,) -> R (n_body, 3, 3), p (n_body, 3).
     """
     _, _, R1, R2, R3, p_fm = _joint_pieces(tree, q_full)
-    R_fm = R1 @ R2 @ R3
-    # X_parent_child = X_parent_F * X_F_M(q) * X_M_child
-    R_pm = tree.joint_R_pf @ R_fm
-    p_pm = tree.joint_p_pf + jnp.einsum("bij,bj->bi", tree.joint_R_pf, p_fm)
-    R = R_pm @ tree.joint_R_cm
-    p = p_pm + jnp.einsum("bij,bj->bi", R_pm, tree.joint_p_cm)
+    return _local_from_pieces(tree, R1, R2, R3, p_fm)
+
+
+def _local_from_pieces(tree: KinematicTree, R1, R2, R3, p_fm):
+    """X_parent_child = X_parent_F * X_F_M(q) * X_M_child. Shapes: (n_body, 3, 3), (n_body, 3)."""
+    R_fm = _mm(_mm(R1, R2), R3)
+    R_pm = _mm(tree.joint_R_pf, R_fm)
+    p_pm = tree.joint_p_pf + _mv(tree.joint_R_pf, p_fm)
+    R = _mm(R_pm, tree.joint_R_cm)
+    p = p_pm + _mv(R_pm, tree.joint_p_cm)
     assert R.shape == (tree.n_body, 3, 3) and p.shape == (tree.n_body, 3)
     return R, p
 
@@ -149,8 +165,8 @@ def _compose(tree: KinematicTree, R_loc: jax.Array, p_loc: jax.Array):
     R_w, p_w = R_loc, p_loc  # ground (index 0) keeps its identity local transform
     for idx, par in tree.topology.levels:
         Rp, pp = R_w[par], p_w[par]
-        R_w = R_w.at[idx].set(Rp @ R_loc[idx])
-        p_w = p_w.at[idx].set(pp + jnp.einsum("bij,bj->bi", Rp, p_loc[idx]))
+        R_w = R_w.at[idx].set(_mm(Rp, R_loc[idx]))
+        p_w = p_w.at[idx].set(pp + _mv(Rp, p_loc[idx]))
     return R_w, p_w
 
 
@@ -158,7 +174,7 @@ def _fk_one(tree: KinematicTree, q_full: jax.Array) -> FKResult:
     R_loc, p_loc = local_transforms(tree, q_full)
     R_w, p_w = _compose(tree, R_loc, p_loc)
     mb = tree.topology.marker_body
-    markers = p_w[mb] + jnp.einsum("mij,mj->mi", R_w[mb], tree.marker_offset)
+    markers = p_w[mb] + _mv(R_w[mb], tree.marker_offset)
     return FKResult(R_w, p_w, markers)
 
 
@@ -174,23 +190,18 @@ def marker_jacobian_one(tree: KinematicTree, q_indep: jax.Array):
     topo = tree.topology
     q_full, G = _full_and_map(tree, q_indep)
     v, dv, R1, R2, R3, p_fm = _joint_pieces(tree, q_full, with_derivative=True)
-    R_fm = R1 @ R2 @ R3
-    R_pm = tree.joint_R_pf @ R_fm
-    p_pm = tree.joint_p_pf + jnp.einsum("bij,bj->bi", tree.joint_R_pf, p_fm)
-    R_loc = R_pm @ tree.joint_R_cm
-    p_loc = p_pm + jnp.einsum("bij,bj->bi", R_pm, tree.joint_p_cm)
-    R_w, p_w = _compose(tree, R_loc, p_loc)
+    R_w, p_w = _compose(tree, *_local_from_pieces(tree, R1, R2, R3, p_fm))
     par = np.maximum(topo.body_parent, 0)
-    R_GF = R_w[par] @ tree.joint_R_pf  # (n_body, 3, 3)
-    o_F = p_w[par] + jnp.einsum("bij,bj->bi", R_w[par], tree.joint_p_pf)
+    R_GF = _mm(R_w[par], tree.joint_R_pf)  # (n_body, 3, 3)
+    o_F = p_w[par] + _mv(R_w[par], tree.joint_p_pf)
     ax = tree.joint_axes
-    w0 = jnp.einsum("bij,bj->bi", R_GF, ax[:, 0])
-    w1 = jnp.einsum("bij,bj->bi", R_GF @ R1, ax[:, 1])
-    w2 = jnp.einsum("bij,bj->bi", R_GF @ R1 @ R2, ax[:, 2])
-    tr = jnp.einsum("bij,bkj->bki", R_GF, ax[:, 3:6])  # (n_body, 3, 3)
-    o_M = o_F + jnp.einsum("bij,bj->bi", R_GF, p_fm)
+    w0 = _mv(R_GF, ax[:, 0])
+    w1 = _mv(_mm(R_GF, R1), ax[:, 1])
+    w2 = _mv(_mm(_mm(R_GF, R1), R2), ax[:, 2])
+    tr = jnp.sum(R_GF[:, None, :, :] * ax[:, 3:6, None, :], axis=-1)  # (n_body, 3, 3)
+    o_M = o_F + _mv(R_GF, p_fm)
     mb = topo.marker_body
-    x = p_w[mb] + jnp.einsum("mij,mj->mi", R_w[mb], tree.marker_offset)  # (M, 3)
+    x = p_w[mb] + _mv(R_w[mb], tree.marker_offset)  # (M, 3)
     # only (body, axis) rows driven by a coordinate matter: gather them (static indices)
     act = topo.active_axes  # (R,) flat indices into (n_body * 6)
     act_body, act_k = act // 6, act % 6

@@ -50,6 +50,8 @@ from .fk import _fk_one, _full_one, marker_jacobian_one
 from .model import KinematicTree
 
 CONVERGED, MAX_ITERS, FEW_MARKERS = 0, 1, 2
+# rad (about 2.9 deg) or m per mm of marker noise: above this a coordinate is weakly observed
+WEAK_SENSITIVITY = 0.05
 STATUS_NAMES = ("converged", "max_iters", "too_few_markers")
 
 
@@ -84,8 +86,9 @@ class IKResult(NamedTuple):
     """Shapes: q (T, n_indep); q_full (T, n_coord); marker_error (T, M) metres (NaN where the
     marker is missing); rms_error (T,), max_error (T,) over weighted observed markers;
     cost (T,) weighted per-frame cost incl. coordinate tasks; status (T,) see STATUS_NAMES;
-    iterations (T,); sensitivity (T, n_indep): sqrt(diag((J^T W J)^-1)) in coordinate units per
-    metre of marker noise (inf = not observed), to flag weakly observed coordinates."""
+    iterations (T,); sensitivity (T, n_indep): sqrt(diag((J^T W J)^-1)), the standard deviation
+    of each coordinate (rad or m) per millimetre of isotropic marker noise (inf = not observed);
+    above WEAK_SENSITIVITY a coordinate counts as weakly observed."""
 
     q: jax.Array
     q_full: jax.Array
@@ -214,30 +217,29 @@ def _robust_start(tree, opts, q_default, z, w, ci, cw, ct, lo, hi):
         )
         q = q.at[trans].add(centroid - model_c) if len(trans) == 3 else q
 
-        def res_root(qr):
-            return _residual(tree, q.at[free].set(qr), z, w, ci, cw, ct)
+        def rj_root(qr):
+            r, J = _residual_and_jac(tree, q.at[free].set(qr), z, w, ci, cw, ct)
+            return r, J[:, free]
 
         qr = q[free]
         sub_lo, sub_hi = lo[free], hi[free]
         mu = jnp.asarray(opts.mu_init, q.dtype)
-        cost = jnp.sum(res_root(qr) ** 2)
+        cost = jnp.sum(rj_root(qr)[0] ** 2)
+        eye = jnp.eye(len(free), dtype=q.dtype)
 
         def step(carry, _):
             qr, cost, mu = carry
-            r = res_root(qr)
-            J = jax.jacfwd(res_root)(qr)
-            H = J.T @ J
-            A = H + mu * jnp.diag(jnp.diag(H)) + 1e-9 * jnp.eye(len(free), dtype=q.dtype)
-            qn = jnp.clip(qr - jnp.linalg.solve(A, J.T @ r), sub_lo, sub_hi)
-            cn = jnp.sum(res_root(qn) ** 2)
+            r, J = rj_root(qr)
+            qn = jnp.clip(qr - _damped_solve(J.T @ J, J.T @ r, mu, eye), sub_lo, sub_hi)
+            cn = jnp.sum(rj_root(qn)[0] ** 2)
             acc = cn < cost
             return (
                 jnp.where(acc, qn, qr),
                 jnp.where(acc, cn, cost),
-                jnp.where(acc, mu * 0.3, mu * 10),
+                jnp.where(acc, mu * 0.1, mu * 10),
             ), None
 
-        (qr, cost, _), _ = jax.lax.scan(step, (qr, cost, mu), None, length=15)
+        (qr, cost, _), _ = jax.lax.scan(step, (qr, cost, mu), None, length=12)
         return q.at[free].set(qr), cost
 
     qs, costs = jax.vmap(fit)(grids)
@@ -432,10 +434,20 @@ def _report(tree, prob: IKProblem, q, opts_status, iterations):
     n = q.shape[1]
     dH = jnp.diagonal(H, axis1=1, axis2=2)
     observed = dH > 1e-12 * jnp.max(dH, axis=1, keepdims=True)
-    Hr = H + jnp.where(observed, 0.0, 1.0)[:, :, None] * jnp.eye(n, dtype=q.dtype)
+    # unobserved coordinates get a unit diagonal so the rest can be inverted (Cholesky)
+    Hr = H + (jnp.where(observed, 1e-12 * jnp.max(dH, 1, keepdims=True), 1.0))[:, :, None] * (
+        jnp.eye(n, dtype=q.dtype)
+    )
     wmean = jnp.sum(w, 1) / jnp.maximum(jnp.sum(w > 0, 1), 1)
-    inv_diag = jnp.diagonal(jnp.linalg.pinv(Hr, hermitian=True), axis1=1, axis2=2)
-    sens = jnp.where(observed, jnp.sqrt(jnp.abs(inv_diag) * wmean[:, None]), jnp.inf)
+    eye_b = jnp.broadcast_to(jnp.eye(n, dtype=q.dtype), H.shape)
+    inv_diag = jnp.diagonal(
+        jax.vmap(lambda A, B: jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(A), B))(
+            Hr, eye_b
+        ),
+        axis1=1,
+        axis2=2,
+    )
+    sens = jnp.where(observed, 1e-3 * jnp.sqrt(jnp.abs(inv_diag) * wmean[:, None]), jnp.inf)
     bad = opts_status == FEW_MARKERS
     return IKResult(
         q=q,
@@ -575,3 +587,62 @@ def solve_ik_batch(
 @partial(jax.jit, static_argnames=("opts",))
 def _solve_batch_jit(tree, probs, opts):
     return jax.vmap(lambda p: _solve_one(tree, p, opts))(probs)
+
+
+# ----------------------------------------------------------------------------- differentiable
+def ik_layer(
+    tree: KinematicTree,
+    markers: jax.Array,
+    q_init: jax.Array,
+    marker_weight: jax.Array | None = None,
+    iterations: int = 8,
+) -> jax.Array:
+    """Per-frame IK (lambda = 0) as a differentiable layer: markers -> coordinates.
+
+    Runs ``iterations`` Levenberg-Marquardt steps per frame from ``q_init`` (e.g. the
+    :func:`solve_ik` solution, or the previous training step's) and differentiates the result by
+    the implicit function theorem at the optimum (``jax.lax.custom_root``): d q*/d z =
+    -H^-1 d(grad_q C)/dz with H the exact Hessian of the frame cost. Gradients flow to
+    ``markers`` (and to the tree's geometry leaves). No iteration is unrolled, so memory does
+    not grow with ``iterations``. Unobserved coordinates get a 1e-9 ridge in the tangent solve.
+    Steps are projected onto clamped ranges as in :func:`solve_ik`; at a solution on a bound
+    the implicit gradient is that of the unconstrained optimum (a known limitation).
+    Shapes: markers (*batch, M, 3) (finite), q_init (*batch, n_indep) -> (*batch, n_indep).
+    """
+    w = jnp.ones(markers.shape[-2], markers.dtype) if marker_weight is None else marker_weight
+    ci = jnp.zeros(0, jnp.int32)
+    e = jnp.zeros(0, markers.dtype)
+    n = q_init.shape[-1]
+    eye = jnp.eye(n, dtype=markers.dtype)
+    lo, hi = _bounds(tree)
+
+    def one(z, q0):
+        def grad_cost(q):
+            return jax.grad(lambda qq: jnp.sum(_residual(tree, qq, z, w, ci, e, e) ** 2))(q)
+
+        def solve(_, x0):
+            def step(carry, _):
+                q, mu, cost = carry
+                r, J = _residual_and_jac(tree, q, z, w, ci, e, e)
+                qn = jnp.clip(q - _damped_solve(J.T @ J, J.T @ r, mu, eye), lo, hi)
+                rn = _residual(tree, qn, z, w, ci, e, e)
+                cn = rn @ rn
+                acc = cn < cost
+                return (jnp.where(acc, qn, q), jnp.where(acc, mu * 0.1, mu * 10),
+                        jnp.where(acc, cn, cost)), None
+
+            r0 = _residual(tree, x0, z, w, ci, e, e)
+            init = (x0, jnp.asarray(1e-3, x0.dtype), r0 @ r0)
+            (q, _, _), _ = jax.lax.scan(step, init, None, length=iterations)
+            return q
+
+        def tangent_solve(g, y):
+            H = jax.jacfwd(g)(y)
+            return jnp.linalg.solve(H + 1e-9 * jnp.max(jnp.abs(jnp.diag(H))) * eye, y)
+
+        return jax.lax.custom_root(grad_cost, jax.lax.stop_gradient(q0), solve, tangent_solve)
+
+    f = one
+    for _ in range(markers.ndim - 2):
+        f = jax.vmap(f)
+    return f(markers, q_init)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .ik import WEAK_SENSITIVITY
 
 
 def enable_compilation_cache() -> None:
@@ -89,7 +90,7 @@ def write_ik_outputs(tree, out_dir: Path, stem: str, time_s, res, weights) -> di
     weak = [
         tree.independent_names[i]
         for i in range(sens.shape[1])
-        if np.nanmedian(np.where(np.isfinite(sens[:, i]), sens[:, i], 1e9)) > 50.0
+        if np.nanmedian(np.where(np.isfinite(sens[:, i]), sens[:, i], 1e9)) > WEAK_SENSITIVITY
     ]
     return dict(
         trial=stem,
@@ -266,7 +267,7 @@ def crosscheck(osim, trc, out, *, setup=None, markers=None, plot=True) -> dict:
             unit=unit,
             rms=float(np.sqrt(np.mean(d**2))),
             max=float(np.max(np.abs(d))),
-            weakly_observed=bool(sens[i] > 50.0),
+            weakly_observed=bool(sens[i] > WEAK_SENSITIVITY),
         )
     report = dict(
         osim=str(osim),

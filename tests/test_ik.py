@@ -1,0 +1,149 @@
+"""IK: ground-truth recovery, limits, gaps, batching, implicit gradients, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simspine_jax import InputError, forward_kinematics, load_model, read_osim, tree_from_export
+from simspine_jax.ik import FEW_MARKERS, WEAK_SENSITIVITY, IKOptions, ik_layer, solve_ik, solve_ik_batch
+from simspine_jax.synth import synthetic_trial
+
+ROOT = Path(__file__).parent.parent
+DEFAULT = ROOT / "models" / "simspine_default.npz"
+
+
+@pytest.fixture(scope="module")
+def tree():
+    return load_model(DEFAULT)
+
+
+@pytest.fixture(scope="module")
+def clean_trial(tree):
+    return synthetic_trial(tree, 200, noise_m=0.0, gap_fraction=0.0, seed=3)
+
+
+def _observed(res, limit=WEAK_SENSITIVITY):
+    """Coordinates whose sensitivity (coordinate units per metre of marker noise) is small."""
+    s = np.asarray(res.sensitivity)
+    return np.all(np.isfinite(s) & (s < limit), axis=0)
+
+
+def test_recovers_truth_clean(tree, clean_trial):
+    res = solve_ik(tree, clean_trial["markers"])
+    assert np.all(np.asarray(res.status) == 0)
+    assert np.nanmax(res.rms_error) < 1e-6
+    obs = _observed(res)
+    must = [n for n in tree.independent_names if n.startswith(("pelvis", "hip", "knee", "L5_S1", "neck"))]
+    names = np.array(tree.independent_names)
+    assert set(must) <= set(names[obs]), set(must) - set(names[obs])
+    err = np.abs(np.asarray(res.q) - clean_trial["q_true"])[:, obs]
+    assert err.max() < np.deg2rad(0.01), err.max()
+
+
+def test_unobserved_stay_at_default(tree, clean_trial):
+    res = solve_ik(tree, clean_trial["markers"])
+    sens = np.asarray(res.sensitivity)
+    unobs = np.all(~np.isfinite(sens), axis=0)
+    names = np.array(tree.independent_names)[unobs]
+    assert {"wrist_flex_r", "wrist_flex_l"} <= set(names), names
+    default = np.asarray(tree.coord_default)[tree.topology.indep_coord]
+    np.testing.assert_array_equal(np.asarray(res.q)[:, unobs], np.broadcast_to(default[unobs], (200, unobs.sum())))
+
+
+def test_noise_gaps_and_smoothing(tree):
+    trial = synthetic_trial(tree, 200, noise_m=0.005, gap_fraction=0.03, seed=4)
+    raw = solve_ik(tree, trial["markers"])
+    smooth = solve_ik(tree, trial["markers"], options=IKOptions(smooth_acc=0.3))
+    obs = _observed(raw)
+    e_raw = np.rad2deg(np.sqrt(np.mean((np.asarray(raw.q) - trial["q_true"])[:, obs] ** 2)))
+    e_smooth = np.rad2deg(np.sqrt(np.mean((np.asarray(smooth.q) - trial["q_true"])[:, obs] ** 2)))
+    # 5 mm noise: a few degrees at most per frame, and smoothing must help
+    assert e_raw < 3.0, e_raw
+    assert e_smooth < e_raw, (e_smooth, e_raw)
+    assert 2e-3 < float(np.nanmean(raw.rms_error)) < 8e-3
+    # gaps are masked, not invented
+    gaps = trial["gaps"]
+    assert gaps.any() and np.all(np.isnan(np.asarray(raw.marker_error)[gaps]))
+
+
+def test_clamped_limits_hold(tree, clean_trial):
+    names = list(tree.independent_names)
+    i = names.index("knee_angle_r")
+    idx = tree.topology.indep_coord[i]
+    lo, hi = np.asarray(tree.coord_range)[idx]
+    assert tree.topology.coord_clamped[idx]
+    q = clean_trial["q_true"][:50].copy()
+    q[:, i] = hi + 0.3  # markers made by a pose beyond the knee's range
+    mk = np.asarray(forward_kinematics(tree, q).markers)
+    res = solve_ik(tree, mk)
+    qi = np.asarray(res.q)[:, i]
+    assert np.all(qi <= hi + 1e-12) and np.all(qi >= lo - 1e-12)
+    assert np.allclose(qi, hi, atol=1e-6)
+
+
+def test_too_few_markers_reported(tree, clean_trial):
+    mk = clean_trial["markers"][:40].copy()
+    mk[10:13] = np.nan
+    mk[20, 2:] = np.nan  # two markers left
+    res = solve_ik(tree, mk)
+    st = np.asarray(res.status)
+    assert list(np.nonzero(st == FEW_MARKERS)[0]) == [10, 11, 12, 20]
+    assert np.all(np.isnan(np.asarray(res.q)[[10, 11, 12, 20]]))
+    assert np.all(np.isfinite(np.asarray(res.q)[st != FEW_MARKERS]))
+    sm = solve_ik(tree, mk, options=IKOptions(smooth_vel=0.1))
+    assert np.all(np.isfinite(np.asarray(sm.q)))  # filled by the smoothness prior, and flagged
+    assert list(np.nonzero(np.asarray(sm.status) == FEW_MARKERS)[0]) == [10, 11, 12, 20]
+
+
+def test_batch_of_mixed_lengths_equals_single(tree, clean_trial):
+    seqs = [clean_trial["markers"][:70], clean_trial["markers"][30:200], clean_trial["markers"][5:9]]
+    batch = solve_ik_batch(tree, seqs)
+    for s, b in zip(seqs, batch, strict=True):
+        one = solve_ik(tree, s)
+        assert b.q.shape == (s.shape[0], tree.n_indep)
+        np.testing.assert_allclose(b.q, one.q, atol=1e-9)
+
+
+def test_arbitrary_lab_orientation(tree, clean_trial):
+    """A trial rotated 150 deg about the vertical and tipped 90 deg (Z-up lab) still converges."""
+    mk = clean_trial["markers"][:40]
+    c, s = np.cos(np.deg2rad(150)), np.sin(np.deg2rad(150))
+    Ry = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    Rx = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]])
+    res = solve_ik(tree, mk @ (Rx @ Ry).T + np.array([2.0, -1.0, 0.5]))
+    assert np.nanmax(res.rms_error) < 1e-5
+
+
+def test_bad_marker_shape(tree):
+    with pytest.raises(InputError, match=r"\(T, 37, 3\)"):
+        solve_ik(tree, np.zeros((10, 5, 3)))
+    with pytest.raises(InputError, match="no frames"):
+        solve_ik(tree, np.zeros((0, tree.n_marker, 3)))
+
+
+def test_ik_layer_implicit_gradient_matches_fd():
+    tree = tree_from_export(read_osim(ROOT / "tests" / "data" / "two_link.osim"))
+    q_true = jnp.array([[0.4, -0.9], [0.1, 0.6]])
+    z = forward_kinematics(tree, q_true).markers + 0.01 * jnp.array(
+        np.random.default_rng(0).normal(size=(2, 2, 3))
+    )
+    tight = IKOptions(min_markers=2, tol_step=1e-14, tol_cost=1e-16, max_iters=200)
+    q0 = solve_ik(tree, np.asarray(z), options=tight).q
+    assert np.all(np.isfinite(np.asarray(q0)))
+
+    def loss(zz):
+        q = ik_layer(tree, zz, q0, iterations=20)
+        return jnp.sum(jnp.sin(q) * jnp.array([1.0, 2.0]))
+
+    g = jax.grad(loss)(z)
+    # central differences through re-solved IK; their error is set by the solver's tolerance
+    h = 1e-4
+    for m, k in [(0, 0), (0, 1), (1, 0), (1, 2)]:
+        e = jnp.zeros_like(z).at[:, m, k].set(h)
+        fd = float((loss(z + e) - loss(z - e)) / (2 * h))
+        assert abs(float(g[:, m, k].sum()) - fd) < 1e-4 * max(1.0, abs(fd)), (m, k, fd)
