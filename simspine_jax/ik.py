@@ -17,7 +17,8 @@ Algorithm (see README "IK solver"):
    warm-starts each chunk from the last solved frame of the previous one, and all frames of a
    chunk are solved in parallel by Levenberg-Marquardt with a per-frame accept/reject step
    (Marquardt scaling). Convergence per frame: accepted step with max|dq| < ``tol_step``, or
-   relative cost decrease < ``tol_cost``, or ``max_iters``.
+   actual or predicted (Gauss-Newton model) relative cost decrease < ``tol_cost``, or
+   ``max_iters``.
 3. Smoothing stage (only if a lambda > 0): Gauss-Newton/LM on the whole sequence. The normal
    matrix is block-pentadiagonal in time (n_dof x n_dof blocks); pairs of frames make it block
    tridiagonal (2n x 2n) and it is solved exactly by a block-Cholesky (Thomas) ``lax.scan``.
@@ -63,10 +64,11 @@ class IKOptions:
     smooth_acc: float = 0.0  # lambda_a on |q_{t+1} - 2 q_t + q_{t-1}|^2
     max_iters: int = 60  # LM iterations per frame (per-frame stage)
     max_iters_smooth: int = 30  # global iterations (smoothing stage)
-    tol_step: float = 1e-7  # converged when an accepted step has max|dq| below this
-    tol_cost: float = 1e-10  # ... or the relative cost decrease is below this
+    tol_step: float = 1e-7  # converged when an accepted step has max|dq| below this,
+    tol_cost: float = 1e-6  # or the actual or predicted relative cost decrease is below this
     mu_init: float = 1e-3  # initial Marquardt damping
-    chunk: int = 64  # frames solved in parallel per warm-start step
+    chunk: int | None = None  # frames solved in parallel per warm-start step (None: 2 on CPU,
+    # where warm starts from nearby frames pay most, 64 on accelerators, where width pays)
     min_markers: int = 3  # fewer observed markers in a frame -> FEW_MARKERS
 
 
@@ -150,8 +152,9 @@ def _damped_solve(H, g, mu, eye):
     return jnp.linalg.solve(A, g[..., None])[..., 0]
 
 
-def _lm_frame(tree, opts: IKOptions, q0, z, w, ci, cw, ct, lo, hi):
-    """Levenberg-Marquardt for one frame. Returns (q, cost, iterations, converged)."""
+def _lm_frame(tree, opts: IKOptions, q0, z, w, ci, cw, ct, lo, hi, skip=False):
+    """Levenberg-Marquardt for one frame (``skip``: a frame not to solve, e.g. padding or too
+    few markers, which then costs no iteration). Returns (q, cost, iterations, converged)."""
     res = partial(_residual, tree)
     n = q0.shape[0]
     eye = jnp.eye(n, dtype=q0.dtype)
@@ -170,8 +173,12 @@ def _lm_frame(tree, opts: IKOptions, q0, z, w, ci, cw, ct, lo, hi):
         c_new = cost_of(q_new)
         accept = c_new < cost
         dq = jnp.max(jnp.abs(q_new - q))
+        # decrease the Gauss-Newton model still promises (once damping is negligible)
+        d = q_new - q
+        pred = -(2.0 * g @ d + d @ (H @ d))
+        tiny = (mu <= 1e-6) & (pred <= opts.tol_cost * jnp.maximum(cost, 1e-30))
         small = (dq < opts.tol_step) | (cost - c_new <= opts.tol_cost * jnp.maximum(cost, 1e-30))
-        done_now = (accept & small) | (~accept & (mu > 1e10))
+        done_now = (accept & small) | tiny | (~accept & (mu > 1e10))
         q = jnp.where(accept, q_new, q)
         cost = jnp.where(accept, c_new, cost)
         mu = jnp.where(accept, jnp.maximum(mu * 0.1, 1e-12), mu * 10.0)
@@ -181,7 +188,7 @@ def _lm_frame(tree, opts: IKOptions, q0, z, w, ci, cw, ct, lo, hi):
         return (~state[4]) & (state[3] < opts.max_iters)
 
     c0 = cost_of(q0)
-    init = (q0, c0, jnp.asarray(opts.mu_init, q0.dtype), jnp.asarray(0), jnp.asarray(False))
+    init = (q0, c0, jnp.asarray(opts.mu_init, q0.dtype), jnp.asarray(0), jnp.asarray(skip))
     q, cost, _, it, done = jax.lax.while_loop(cond, body, init)
     return q, cost, it, done
 
@@ -264,15 +271,16 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
     wc = w.reshape(T // C, C, -1)
     okc = ok.reshape(T // C, C)
     solve = jax.vmap(
-        lambda q0, zz, ww: _lm_frame(
-            tree, opts, q0, zz, ww, prob.coord_index, prob.coord_weight, prob.coord_target, lo, hi
+        lambda q0, zz, ww, okk: _lm_frame(
+            tree, opts, q0, zz, ww, prob.coord_index, prob.coord_weight, prob.coord_target, lo,
+            hi, ~okk,
         ),
-        in_axes=(None, 0, 0),
+        in_axes=(None, 0, 0, 0),
     )
 
     def chunk_step(q_prev, xs):
         zz, ww, okk = xs
-        q, cost, it, done = solve(q_prev, zz, ww)
+        q, cost, it, done = solve(q_prev, zz, ww, okk)
         # warm start for the next chunk: the last solved frame of this one
         last = jnp.max(jnp.where(okk, jnp.arange(C), -1))
         q_next = jnp.where(last >= 0, q[jnp.maximum(last, 0)], q_prev)
@@ -495,7 +503,7 @@ def bucket_length(T: int, chunk: int) -> int:
     """Padded length for a sequence of T frames: a multiple of 2*chunk, rounded up to the next
     of 1, 1.25, 1.5, 1.75 x a power of two (so few distinct shapes compile)."""
     unit = 2 * chunk
-    units = -(-T // unit)
+    units = max(-(-T // unit), -(-64 // unit))  # at least 64 frames: fewer shapes to compile
     if units <= 4:
         return units * unit
     p = 1 << (units.bit_length() - 1)
@@ -546,6 +554,17 @@ def make_problem(
     )
 
 
+def _resolve(options: IKOptions) -> IKOptions:
+    if options.chunk is None:
+        import dataclasses
+
+        chunk = 2 if jax.default_backend() == "cpu" else 64
+        options = dataclasses.replace(options, chunk=chunk)
+    if options.chunk < 1:
+        raise InputError(f"chunk must be >= 1, got {options.chunk}", field="chunk")
+    return options
+
+
 def solve_ik(
     tree: KinematicTree,
     markers,
@@ -557,6 +576,7 @@ def solve_ik(
 
     Returns an :class:`IKResult` cut back to T frames.
     """
+    options = _resolve(options)
     T = int(np.shape(markers)[0]) if np.ndim(markers) == 3 else 0
     L = bucket_length(max(T, 1), options.chunk)
     prob = make_problem(tree, markers, marker_weight, coord_tasks, length=L)
@@ -574,6 +594,7 @@ def solve_ik_batch(
     """Solve many sequences of different lengths in one compiled call (padding + masks)."""
     if not sequences:
         return []
+    options = _resolve(options)
     L = bucket_length(max(int(np.shape(s)[0]) for s in sequences), options.chunk)
     probs = [make_problem(tree, s, marker_weight, coord_tasks, length=L) for s in sequences]
     stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *probs)
