@@ -1,0 +1,84 @@
+"""The command line: export, info, fk (with a bad .mot), demo; errors exit with code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from simspine_jax import forward_kinematics, load_model
+from simspine_jax.cli import main
+from simspine_jax.io import read_storage, read_trc
+from simspine_jax.synth import synthetic_trial, write_sample_trial
+
+ROOT = Path(__file__).parent.parent
+TWO_LINK = ROOT / "tests" / "data" / "two_link.osim"
+DEFAULT = ROOT / "models" / "simspine_default.npz"
+
+
+def test_export_and_info(tmp_path, capsys):
+    out = tmp_path / "two_link.npz"
+    assert main(["export", str(TWO_LINK), "-o", str(out)]) == 0
+    assert out.exists()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "q2_dep" in text and "dependent on q2" in text and "tip" in text
+
+
+def test_info_default(capsys):
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "62; 40 independent, 20 coupled, 2 locked" in text
+    assert "Spine_03         on lumbar1" in text
+
+
+def test_fk_from_mot_matches_library(tmp_path):
+    tree = load_model(DEFAULT)
+    trc, mot = tmp_path / "truth.trc", tmp_path / "truth.mot"
+    write_sample_trial(tree, trc, mot, n_frames=30, seed=5)
+    out = tmp_path / "fk.trc"
+    assert main(["fk", "--mot", str(mot), "-o", str(out), "--plot", str(tmp_path / "fk.png")]) == 0
+    got = read_trc(out)
+    assert got.marker_names == tree.marker_names
+    q = synthetic_trial(tree, 30, noise_m=0.0, gap_fraction=0.0, seed=5)["q_true"]
+    want = np.asarray(forward_kinematics(tree, q).markers)
+    # the .mot stores degrees with limited digits: compare at 1e-6 m
+    np.testing.assert_allclose(got.positions, want, atol=1e-6)
+    assert (tmp_path / "fk.png").stat().st_size > 1000
+
+
+def test_fk_bad_mot_is_a_clear_error(tmp_path, capsys):
+    tree = load_model(DEFAULT)
+    trc, mot = tmp_path / "t.trc", tmp_path / "t.mot"
+    write_sample_trial(tree, trc, mot, n_frames=5, seed=1)
+    lines = mot.read_text().splitlines()
+    lines[-2] = "\t".join(lines[-2].split("\t")[:-3])  # a row with 3 values missing
+    mot.write_text("\n".join(lines) + "\n")
+    assert main(["fk", "--mot", str(mot), "-o", str(tmp_path / "x.trc")]) == 2
+    err = capsys.readouterr().err
+    assert str(mot) in err and f"line {len(lines) - 1}" in err and "expected 63" in err
+    assert not (tmp_path / "x.trc").exists()
+
+
+def test_missing_model_column(tmp_path, capsys):
+    tree = load_model(DEFAULT)
+    trc, mot = tmp_path / "t.trc", tmp_path / "t.mot"
+    write_sample_trial(tree, trc, mot, n_frames=5, seed=1)
+    d = read_storage(mot)
+    keep = [i for i, n in enumerate(d.labels) if n != "hip_flexion_r"]
+    from simspine_jax.io import write_storage
+
+    write_storage(mot, [d.labels[i] for i in keep], d.time, d.values[:, keep], in_degrees=True)
+    assert main(["fk", "--mot", str(mot), "-o", str(tmp_path / "x.trc")]) == 2
+    assert "hip_flexion_r" in capsys.readouterr().err
+
+
+def test_demo_without_opensim(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--frames", "64", "--no-opensim"]) == 0
+    for f in ("sample_trial.trc", "sample_trial.mot", "sample_trial_marker_errors.sto",
+              "sample_trial_model_marker_locations.sto", "sample_trial_ik.png"):
+        assert (out / f).exists(), f
+    mot = read_storage(out / "sample_trial.mot")
+    assert mot.in_degrees and mot.values.shape == (64, 62)
+    assert "coordinate_error_vs_truth_deg_median" in capsys.readouterr().out
