@@ -38,8 +38,10 @@ while a chunk is in flight, and O(T n^2) for the smoothing stage.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -90,7 +92,8 @@ class IKResult(NamedTuple):
     cost (T,) weighted per-frame cost incl. coordinate tasks; status (T,) see STATUS_NAMES;
     iterations (T,); sensitivity (T, n_indep): sqrt(diag((J^T W J)^-1)), the standard deviation
     of each coordinate (rad or m) per millimetre of isotropic marker noise (inf = not observed);
-    above WEAK_SENSITIVITY a coordinate counts as weakly observed."""
+    above WEAK_SENSITIVITY a coordinate counts as weakly observed; model_markers (T, M, 3)
+    the model's marker positions at the solution."""
 
     q: jax.Array
     q_full: jax.Array
@@ -101,6 +104,7 @@ class IKResult(NamedTuple):
     status: jax.Array
     iterations: jax.Array
     sensitivity: jax.Array
+    model_markers: jax.Array
 
 
 # ----------------------------------------------------------------------------- residuals
@@ -467,6 +471,7 @@ def _report(tree, prob: IKProblem, q, opts_status, iterations):
         status=opts_status,
         iterations=iterations,
         sensitivity=sens,
+        model_markers=zhat,
     )
 
 
@@ -519,6 +524,7 @@ def make_problem(
     marker_weight=None,
     coord_tasks: tuple | None = None,
     length: int | None = None,
+    as_numpy: bool = False,
 ) -> IKProblem:
     """Build a (padded) IK problem. ``markers`` (T, M, 3) in the tree's marker order, metres,
     NaN where missing; ``coord_tasks`` = (coord_index (K,), weight (K,), target (K,)) over
@@ -543,14 +549,15 @@ def make_problem(
         ci, cw, ct = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
     else:
         ci, cw, ct = (np.asarray(a) for a in coord_tasks)
-    dt = tree.dtype
+    dt = np.dtype(tree.dtype)
+    xp = np if as_numpy else jnp
     return IKProblem(
-        markers=jnp.asarray(mk, dt),
-        frame_valid=jnp.asarray(valid),
-        marker_weight=jnp.asarray(w, dt),
-        coord_index=jnp.asarray(ci, jnp.int32),
-        coord_weight=jnp.asarray(cw, dt),
-        coord_target=jnp.asarray(ct, dt),
+        markers=xp.asarray(mk, dt),
+        frame_valid=xp.asarray(valid),
+        marker_weight=xp.asarray(w, dt),
+        coord_index=xp.asarray(ci, np.int32),
+        coord_weight=xp.asarray(cw, dt),
+        coord_target=xp.asarray(ct, dt),
     )
 
 
@@ -590,15 +597,28 @@ def solve_ik_batch(
     marker_weight=None,
     coord_tasks=None,
     options: IKOptions = IKOptions(),
+    cache_dir: str | None = None,
 ) -> list[IKResult]:
-    """Solve many sequences of different lengths in one compiled call (padding + masks)."""
+    """Solve many sequences of different lengths in one compiled call (padding + masks).
+
+    ``cache_dir``: keep the traced solver there (``jax.export``, keyed by model structure,
+    options, shapes, dtype and the solver's source), so a new process skips tracing and, with
+    JAX's persistent compilation cache, compilation too (used by the CLI)."""
     if not sequences:
         return []
     options = _resolve(options)
     L = bucket_length(max(int(np.shape(s)[0]) for s in sequences), options.chunk)
-    probs = [make_problem(tree, s, marker_weight, coord_tasks, length=L) for s in sequences]
-    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *probs)
-    out = _solve_batch_jit(tree, stacked, options)
+    probs = [
+        make_problem(tree, s, marker_weight, coord_tasks, length=L, as_numpy=True)
+        for s in sequences
+    ]
+    # stack and slice in numpy: jnp ops on many small shapes would each compile
+    stacked = jax.tree_util.tree_map(lambda *a: np.stack(a), *probs)
+    if cache_dir is None:
+        out = _solve_batch_jit(tree, stacked, options)
+    else:
+        out = _solve_batch_exported(tree, stacked, options, Path(cache_dir))
+    out = jax.tree_util.tree_map(np.asarray, out)
     return [
         jax.tree_util.tree_map(lambda a, i=i, T=int(np.shape(s)[0]): a[i, :T], out)
         for i, s in enumerate(sequences)
@@ -608,6 +628,40 @@ def solve_ik_batch(
 @partial(jax.jit, static_argnames=("opts",))
 def _solve_batch_jit(tree, probs, opts):
     return jax.vmap(lambda p: _solve_one(tree, p, opts))(probs)
+
+
+def _solve_batch_exported(tree, probs, opts, cache_dir: Path) -> IKResult:
+    """:func:`_solve_batch_jit` through a serialized ``jax.export`` artefact on disk."""
+    from jax import export
+
+    tree_leaves, topology = tree.tree_flatten()
+    prob_leaves = tuple(jnp.asarray(a) for a in probs)
+    src = hashlib.sha256()
+    for mod in ("ik.py", "fk.py", "model.py"):
+        src.update((Path(__file__).parent / mod).read_bytes())
+    sig = [(a.shape, str(a.dtype)) for a in tree_leaves + prob_leaves]
+    key = hashlib.sha256(
+        repr((topology.digest, opts, sig, jax.__version__, src.hexdigest())).encode()
+    ).hexdigest()[:32]
+    path = cache_dir / f"ik_{key}.jaxexport"
+    exp = None
+    if path.exists():
+        try:
+            exp = export.deserialize(bytearray(path.read_bytes()))
+        except Exception:  # a stale or partial artefact: rebuild it
+            exp = None
+    if exp is None:
+
+        def flat(tl, pl):
+            t = KinematicTree.tree_unflatten(topology, tl)
+            return tuple(jax.vmap(lambda p: _solve_one(t, p, opts))(IKProblem(*pl)))
+
+        exp = export.export(jax.jit(flat))(tree_leaves, prob_leaves)
+        from .io import atomic_open
+
+        with atomic_open(path, "wb") as f:
+            f.write(exp.serialize())
+    return IKResult(*exp.call(tree_leaves, prob_leaves))
 
 
 # ----------------------------------------------------------------------------- differentiable

@@ -13,13 +13,16 @@ from .errors import InputError
 from .ik import WEAK_SENSITIVITY
 
 
+def cache_root() -> Path:
+    """Where compiled and traced solvers are kept (``SIMSPINE_JAX_CACHE`` overrides)."""
+    return Path(os.environ.get("SIMSPINE_JAX_CACHE", Path.home() / ".cache" / "simspine-jax"))
+
+
 def enable_compilation_cache() -> None:
     """JAX's persistent compilation cache, so a second run does not recompile."""
     import jax
 
-    cache = Path(
-        os.environ.get("SIMSPINE_JAX_CACHE", Path.home() / ".cache" / "simspine-jax" / "xla")
-    )
+    cache = cache_root() / "xla"
     cache.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -72,9 +75,7 @@ def write_ik_outputs(tree, out_dir: Path, stem: str, time_s, res, weights) -> di
         name="Model Marker Errors from IK",
         kind="sto",
     )
-    from .fk import forward_kinematics
-
-    loc = np.asarray(forward_kinematics(tree, np.asarray(res.q)).markers, np.float64)
+    loc = np.asarray(res.model_markers, np.float64)
     labels = [f"{m}_{a}" for m in tree.marker_names for a in ("tx", "ty", "tz")]
     write_storage(
         out_dir / f"{stem}_model_marker_locations.sto",
@@ -142,7 +143,7 @@ def run_ik_files(
         weights, tasks = np.ones(tree.n_marker), None
     opts = IKOptions(smooth_vel=smooth_vel, smooth_acc=smooth_acc)
     t0 = time.perf_counter()
-    results = solve_ik_batch(tree, seqs, weights, tasks, opts)
+    results = solve_ik_batch(tree, seqs, weights, tasks, opts, cache_dir=cache_root() / "traced")
     jax.block_until_ready(results)
     solve_s = time.perf_counter() - t0
     out = Path(out)
