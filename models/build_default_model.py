@@ -34,10 +34,18 @@ def main() -> None:
     strip_to_kinematics(str(src), str(osim_out))
     ex = read_osim(osim_out, markers=HERE / "simspine37_markers.xml")
     out = save_tree(ex, HERE / "simspine_default.npz")
-    print(json.dumps(dict(source=str(src), osim=str(osim_out), tree=str(out),
-                          coordinates=len(ex.meta["coordinates"]),
-                          independent=len(ex.meta["independent"]),
-                          markers=len(ex.meta["markers"]))))
+    print(
+        json.dumps(
+            dict(
+                source=str(src),
+                osim=str(osim_out),
+                tree=str(out),
+                coordinates=len(ex.meta["coordinates"]),
+                independent=len(ex.meta["independent"]),
+                markers=len(ex.meta["markers"]),
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

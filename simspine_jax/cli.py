@@ -163,9 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
     k.add_argument("-o", "--out", required=True, help="output folder")
 
-    c = sub.add_parser(
-        "crosscheck", help="OpenSim's IK vs ours (lambda = 0) on the same inputs"
-    )
+    c = sub.add_parser("crosscheck", help="OpenSim's IK vs ours (lambda = 0) on the same inputs")
     c.add_argument("--osim", required=True, help="OpenSim model (.osim)")
     c.add_argument("--markers", help="OpenSim MarkerSet .xml added to the model")
     c.add_argument("--trc", required=True, help="marker trial (.trc)")

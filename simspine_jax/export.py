@@ -599,7 +599,6 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
 
     # Coordinates: OpenSim's order (joints as listed, coordinates as listed).
     cidx = {c: i for i, c in enumerate(coord_order)}
-    n_coord = len(coord_order)
 
     # Couplers.
     dependent: dict[str, tuple[str, PiecewiseCubic, str]] = {}
@@ -627,7 +626,7 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
         if dep in dependent:
             raise ModelError(f"{where}: '{dep}' is already dependent", path=path)
         dependent[dep] = (indep[0], parse_function(fch[0], where, path).scaled(scale), cname)
-    for dep, (ind, _, cname) in dependent.items():
+    for ind, _, cname in dependent.values():
         if ind in dependent:
             raise ModelError(
                 f"CoordinateCouplerConstraint '{cname}': independent coordinate '{ind}' is "
@@ -637,9 +636,7 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
         if coord_info[ind]["locked"]:
             raise ModelError(f"'{cname}': independent coordinate '{ind}' is locked", path=path)
 
-    indep_names = [
-        c for c in coord_order if c not in dependent and not coord_info[c]["locked"]
-    ]
+    indep_names = [c for c in coord_order if c not in dependent and not coord_info[c]["locked"]]
 
     # Markers.
     marker_els = (

@@ -223,9 +223,7 @@ def _robust_start(tree, opts, q_default, z, w, ci, cw, ct, lo, hi):
     def fit(angles):
         q = q_default.at[rot].set(angles)
         zhat = _fk_one(tree, _full_one(tree, q)).markers
-        model_c = jnp.sum(jnp.where(obs_w[:, None], zhat, 0.0), 0) / jnp.maximum(
-            jnp.sum(obs_w), 1
-        )
+        model_c = jnp.sum(jnp.where(obs_w[:, None], zhat, 0.0), 0) / jnp.maximum(jnp.sum(obs_w), 1)
         q = q.at[trans].add(centroid - model_c) if len(trans) == 3 else q
 
         def rj_root(qr):
@@ -276,8 +274,17 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
     okc = ok.reshape(T // C, C)
     solve = jax.vmap(
         lambda q0, zz, ww, okk: _lm_frame(
-            tree, opts, q0, zz, ww, prob.coord_index, prob.coord_weight, prob.coord_target, lo,
-            hi, ~okk,
+            tree,
+            opts,
+            q0,
+            zz,
+            ww,
+            prob.coord_index,
+            prob.coord_weight,
+            prob.coord_target,
+            lo,
+            hi,
+            ~okk,
         ),
         in_axes=(None, 0, 0, 0),
     )
@@ -292,9 +299,7 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
 
     _, (q, cost, it, done) = jax.lax.scan(chunk_step, q_start, (zc, wc, okc))
     q = q.reshape(T, -1)
-    status = jnp.where(
-        ok.reshape(T), jnp.where(done.reshape(T), CONVERGED, MAX_ITERS), FEW_MARKERS
-    )
+    status = jnp.where(ok.reshape(T), jnp.where(done.reshape(T), CONVERGED, MAX_ITERS), FEW_MARKERS)
     return q, it.reshape(T), status, ok
 
 
@@ -486,8 +491,16 @@ def _solve_one(tree: KinematicTree, prob: IKProblem, opts: IKOptions) -> IKResul
     first = jnp.argmax(prob.frame_valid & (obs_count >= opts.min_markers))
     z0, w0, _ = _frame_inputs(prob.markers[first], prob.marker_weight)
     q_start = _robust_start(
-        tree, opts, q_default, z0, w0, prob.coord_index, prob.coord_weight,
-        prob.coord_target, lo, hi,
+        tree,
+        opts,
+        q_default,
+        z0,
+        w0,
+        prob.coord_index,
+        prob.coord_weight,
+        prob.coord_target,
+        lo,
+        hi,
     )
     del z, w
     q, it, status, ok = _per_frame_stage(tree, opts, prob, q_start)
@@ -619,9 +632,9 @@ def solve_ik_batch(
     else:
         out = _solve_batch_exported(tree, stacked, options, Path(cache_dir))
     out = jax.tree_util.tree_map(np.asarray, out)
+    lengths = [int(np.shape(s)[0]) for s in sequences]
     return [
-        jax.tree_util.tree_map(lambda a, i=i, T=int(np.shape(s)[0]): a[i, :T], out)
-        for i, s in enumerate(sequences)
+        jax.tree_util.tree_map(lambda a, i=i, T=T: a[i, :T], out) for i, T in enumerate(lengths)
     ]
 
 
@@ -703,8 +716,11 @@ def ik_layer(
                 rn = _residual(tree, qn, z, w, ci, e, e)
                 cn = rn @ rn
                 acc = cn < cost
-                return (jnp.where(acc, qn, q), jnp.where(acc, mu * 0.1, mu * 10),
-                        jnp.where(acc, cn, cost)), None
+                return (
+                    jnp.where(acc, qn, q),
+                    jnp.where(acc, mu * 0.1, mu * 10),
+                    jnp.where(acc, cn, cost),
+                ), None
 
             r0 = _residual(tree, x0, z, w, ci, e, e)
             init = (x0, jnp.asarray(1e-3, x0.dtype), r0 @ r0)

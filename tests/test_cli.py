@@ -76,8 +76,13 @@ def test_missing_model_column(tmp_path, capsys):
 def test_demo_without_opensim(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--frames", "64", "--no-opensim"]) == 0
-    for f in ("sample_trial.trc", "sample_trial.mot", "sample_trial_marker_errors.sto",
-              "sample_trial_model_marker_locations.sto", "sample_trial_ik.png"):
+    for f in (
+        "sample_trial.trc",
+        "sample_trial.mot",
+        "sample_trial_marker_errors.sto",
+        "sample_trial_model_marker_locations.sto",
+        "sample_trial_ik.png",
+    ):
         assert (out / f).exists(), f
     mot = read_storage(out / "sample_trial.mot")
     assert mot.in_degrees and mot.values.shape == (64, 62)

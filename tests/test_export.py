@@ -144,7 +144,9 @@ def test_unknown_function_type(tmp_path):
         1,
     )
     p = _write(tmp_path, text)
-    with pytest.raises(ModelError, match=r"CustomJoint 'elbow' rotation1.*unsupported function type 'StepFunction'"):
+    with pytest.raises(
+        ModelError, match=r"CustomJoint 'elbow' rotation1.*unsupported function type 'StepFunction'"
+    ):
         read_osim(p)
 
 

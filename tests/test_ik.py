@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from simspine_jax import InputError, forward_kinematics, load_model, read_osim, tree_from_export
-from simspine_jax.ik import FEW_MARKERS, WEAK_SENSITIVITY, IKOptions, ik_layer, solve_ik, solve_ik_batch
+from simspine_jax.ik import (
+    FEW_MARKERS,
+    WEAK_SENSITIVITY,
+    IKOptions,
+    ik_layer,
+    solve_ik,
+    solve_ik_batch,
+)
 from simspine_jax.synth import synthetic_trial
 
 ROOT = Path(__file__).parent.parent
@@ -38,7 +45,11 @@ def test_recovers_truth_clean(tree, clean_trial):
     assert np.all(np.asarray(res.status) == 0)
     assert np.nanmax(res.rms_error) < 1e-6
     obs = _observed(res)
-    must = [n for n in tree.independent_names if n.startswith(("pelvis", "hip", "knee", "L5_S1", "neck"))]
+    must = [
+        n
+        for n in tree.independent_names
+        if n.startswith(("pelvis", "hip", "knee", "L5_S1", "neck"))
+    ]
     names = np.array(tree.independent_names)
     assert set(must) <= set(names[obs]), set(must) - set(names[obs])
     err = np.abs(np.asarray(res.q) - clean_trial["q_true"])[:, obs]
@@ -52,7 +63,9 @@ def test_unobserved_stay_at_default(tree, clean_trial):
     names = np.array(tree.independent_names)[unobs]
     assert {"wrist_flex_r", "wrist_flex_l"} <= set(names), names
     default = np.asarray(tree.coord_default)[tree.topology.indep_coord]
-    np.testing.assert_array_equal(np.asarray(res.q)[:, unobs], np.broadcast_to(default[unobs], (200, unobs.sum())))
+    np.testing.assert_array_equal(
+        np.asarray(res.q)[:, unobs], np.broadcast_to(default[unobs], (200, unobs.sum()))
+    )
 
 
 def test_noise_gaps_and_smoothing(tree):
@@ -102,7 +115,11 @@ def test_too_few_markers_reported(tree, clean_trial):
 
 def test_batch_of_mixed_lengths_equals_single(tree, clean_trial):
     # lengths within one padding bucket (64 frames): one compile for the single solves
-    seqs = [clean_trial["markers"][:50], clean_trial["markers"][100:164], clean_trial["markers"][5:9]]
+    seqs = [
+        clean_trial["markers"][:50],
+        clean_trial["markers"][100:164],
+        clean_trial["markers"][5:9],
+    ]
     batch = solve_ik_batch(tree, seqs)
     for s, b in zip(seqs, batch, strict=True):
         one = solve_ik(tree, s)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -40,16 +39,6 @@ HALPE26_WEIGHTS = {
 }
 
 
-def _setup_dir() -> Path:
-    spec = importlib.util.find_spec("Pose2Sim")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("Pose2Sim's setup files are not installed (pip install --no-deps pose2sim)")
-    return Path(list(spec.submodule_search_locations)[0]) / "OpenSim_Setup"
-
-
-@pytest.fixture(scope="module")
-def setup_dir() -> Path:
-    return _setup_dir()
 
 
 @pytest.fixture(scope="module")
