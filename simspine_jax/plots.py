@@ -74,7 +74,11 @@ def plot_ik_summary(tree, trial, q, path) -> Path:
 def plot_crosscheck(tree, time_s, q_ours, q_ref, coords: dict, path, top: int = 6) -> Path:
     """The coordinates where our IK and OpenSim's differ most (RMS), over time."""
     plt = _plt()
-    names = sorted(coords, key=lambda n: -coords[n]["rms"])[:top]
+    # the well-observed coordinates that differ most first, then the worst weakly observed
+    by_rms = sorted(coords, key=lambda n: -coords[n]["rms"])
+    observed = [n for n in by_rms if not coords[n]["weakly_observed"]]
+    weak = [n for n in by_rms if coords[n]["weakly_observed"]]
+    names = (observed[: top - 2] + weak[:2])[:top] if weak else observed[:top]
     fig, axes = plt.subplots(len(names), 1, figsize=(10, 2 * len(names)), sharex=True)
     for ax, n in zip(np.atleast_1d(axes), names, strict=False):
         i = tree.independent_names.index(n)
