@@ -69,8 +69,8 @@ class IKOptions:
     tol_step: float = 1e-7  # converged when an accepted step has max|dq| below this,
     tol_cost: float = 1e-6  # or the actual or predicted relative cost decrease is below this
     mu_init: float = 1e-3  # initial Marquardt damping
-    chunk: int | None = None  # frames solved in parallel per warm-start step (None: 2 on CPU,
-    # where warm starts from nearby frames pay most, 64 on accelerators, where width pays)
+    chunk: int = 64  # frames solved in parallel per warm-start step (smaller chunks carry a
+    # flipped weakly observed arm from frame to frame: 64 found the better minimum, measured)
     min_markers: int = 3  # fewer observed markers in a frame -> FEW_MARKERS
 
 
@@ -119,11 +119,16 @@ def _bounds(tree: KinematicTree):
 
 
 def _residual(tree: KinematicTree, q, z, w, ci, cw, ct):
-    """Weighted residual of one frame. Shape: (3M + K,). w already holds the NaN mask."""
+    """Weighted residual of one frame. Shape: (3M + K,). w already holds the NaN mask.
+
+    OpenSim (Simbody's assembler) minimises sum_m w_m |e_m|^2 / W + sum_k c_k (q_k - v_k)^2
+    with W the summed weight of the markers observed in the frame; we minimise W times that
+    (same minimiser), so coordinate-task weights are scaled by W here.
+    """
     qf = _full_one(tree, q)
     zhat = _fk_one(tree, qf).markers
     rm = (zhat - z) * jnp.sqrt(w)[:, None]
-    rc = jnp.sqrt(cw) * (qf[ci] - ct)
+    rc = jnp.sqrt(cw * jnp.sum(w)) * (qf[ci] - ct)
     return jnp.concatenate([rm.reshape(-1), rc])
 
 
@@ -133,7 +138,7 @@ def _residual_and_jac(tree: KinematicTree, q, z, w, ci, cw, ct):
     sw = jnp.sqrt(w)
     rm = ((x - z) * sw[:, None]).reshape(-1)
     Jm = (J * sw[:, None, None]).reshape(-1, q.shape[0])
-    scw = jnp.sqrt(cw)
+    scw = jnp.sqrt(cw * jnp.sum(w))  # OpenSim's task scale: see _residual
     rc = scw * (qf[ci] - ct)
     Jc = scw[:, None] * G[ci]
     return jnp.concatenate([rm, rc]), jnp.concatenate([Jm, Jc], 0)
@@ -575,11 +580,6 @@ def make_problem(
 
 
 def _resolve(options: IKOptions) -> IKOptions:
-    if options.chunk is None:
-        import dataclasses
-
-        chunk = 2 if jax.default_backend() == "cpu" else 64
-        options = dataclasses.replace(options, chunk=chunk)
     if options.chunk < 1:
         raise InputError(f"chunk must be >= 1, got {options.chunk}", field="chunk")
     return options

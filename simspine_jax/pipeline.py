@@ -233,7 +233,9 @@ def run_demo(out, frames: int = 300, opensim_check: bool = True, excerpt: int = 
 
 
 def frame_costs(tree, q_indep, markers, weights, tasks) -> np.ndarray:
-    """Weighted per-frame IK cost (markers + coordinate tasks) of given coordinates. (T,)"""
+    """Weighted per-frame IK cost of given coordinates, the one the solver minimises: markers
+    plus coordinate tasks scaled by the frame's observed marker weight (OpenSim's objective
+    times that weight, so costs are comparable between the two solvers). Shape: (T,)."""
     import jax.numpy as jnp
 
     from .fk import forward_kinematics, full_coordinates
@@ -245,7 +247,8 @@ def frame_costs(tree, q_indep, markers, weights, tasks) -> np.ndarray:
     if tasks is not None and len(tasks[0]):
         qf = np.asarray(full_coordinates(tree, jnp.asarray(q_indep)))
         ci, cw, ct = (np.asarray(a) for a in tasks)
-        cost = cost + np.sum(cw[None] * (qf[:, ci] - ct[None]) ** 2, 1)
+        W = np.sum(np.where(w > 0, w, 0.0), 1)  # OpenSim's task scale (see ik._residual)
+        cost = cost + W * np.sum(cw[None] * (qf[:, ci] - ct[None]) ** 2, 1)
     return cost
 
 

@@ -22,5 +22,5 @@ def setup_dir() -> Path:
 
     try:
         return pose2sim_setup_dir()
-    except SimSpineError as e:
+    except (SimSpineError, FileNotFoundError) as e:
         pytest.skip(str(e))
