@@ -160,7 +160,6 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--setup", help="OpenSim IK setup .xml (marker weights, coordinate tasks)")
     k.add_argument("--smooth-vel", type=float, default=0.0, help="lambda_v on |D1 q|^2")
     k.add_argument("--smooth-acc", type=float, default=0.0, help="lambda_a on |D2 q|^2")
-    k.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
     k.add_argument("-o", "--out", required=True, help="output folder")
 
     c = sub.add_parser("crosscheck", help="OpenSim's IK vs ours (lambda = 0) on the same inputs")
@@ -199,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
                 setup=args.setup,
                 smooth_vel=args.smooth_vel,
                 smooth_acc=args.smooth_acc,
-                float64=not args.float32,
             )
         elif args.cmd == "crosscheck":
             from .pipeline import crosscheck

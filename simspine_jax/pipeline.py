@@ -115,14 +115,12 @@ def run_ik_files(
     setup=None,
     smooth_vel=0.0,
     smooth_acc=0.0,
-    float64=True,
     progress=True,
 ) -> list[dict]:
     """IK of TRC trials, solved together in one compiled batch; writes OpenSim-style files."""
     import jax
 
-    if float64:
-        jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_x64", True)  # IK runs in float64 (see ik.solve_ik)
     enable_compilation_cache()
     from tqdm import tqdm
 

@@ -137,6 +137,11 @@ def test_arbitrary_lab_orientation(tree, clean_trial):
     assert np.nanmax(res.rms_error) < 1e-5
 
 
+def test_float32_tree_refused_clearly(tree):
+    with pytest.raises(InputError, match="float64"):
+        solve_ik(tree.astype(jnp.float32), np.zeros((10, tree.n_marker, 3)))
+
+
 def test_bad_marker_shape(tree):
     with pytest.raises(InputError, match=r"\(T, 37, 3\)"):
         solve_ik(tree, np.zeros((10, 5, 3)))
