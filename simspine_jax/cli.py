@@ -167,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--markers", help="OpenSim MarkerSet .xml added to the model")
     c.add_argument("--trc", required=True, help="marker trial (.trc)")
     c.add_argument("--setup", help="OpenSim IK setup .xml")
+    c.add_argument(
+        "--opensim-timeout",
+        type=float,
+        help="seconds before OpenSim's child process is killed as hung "
+        "(default: 120 s + 1 s per line of the TRC file)",
+    )
     c.add_argument("-o", "--out", required=True, help="output folder")
 
     d = sub.add_parser("demo", help="the main job on the bundled default data")
@@ -202,8 +208,21 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "crosscheck":
             from .pipeline import crosscheck
 
-            r = crosscheck(args.osim, args.trc, args.out, setup=args.setup, markers=args.markers)
-            print(json.dumps({k: r[k] for k in ("frames", "ours", "opensim", "speed_ratio")}))
+            r = crosscheck(
+                args.osim,
+                args.trc,
+                args.out,
+                setup=args.setup,
+                markers=args.markers,
+                opensim_timeout_s=args.opensim_timeout,
+            )
+            summary = {k: r[k] for k in ("frames", "ours", "opensim", "speed_ratio")}
+            for side in ("ours", "opensim"):  # per-frame lists stay in crosscheck.json
+                summary[side] = {k: v for k, v in r[side].items() if k != "frame_costs"}
+            summary["frames_where_ours_costs_more_than_2pct"] = r[
+                "frames_where_ours_costs_more_than_2pct"
+            ]
+            print(json.dumps(summary))
         elif args.cmd == "demo":
             from .pipeline import run_demo
 
@@ -211,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     except SimSpineError as e:
         print(f"simspine-jax: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # OpenSim's child process failed or hung: not the input's fault
+        from .osim_bridge.ik import OpenSimRunError
+
+        if not isinstance(e, OpenSimRunError):
+            raise
+        print(f"simspine-jax: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,10 +1,14 @@
-"""The command line: export, info, fk (with a bad .mot), demo; errors exit with code 2."""
+"""The command line: export, info, fk (with a bad .mot), demo; errors exit with code 2 (bad
+input) or 1 (OpenSim's child process failed or hung)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from simspine_jax import forward_kinematics, load_model
 from simspine_jax.cli import main
@@ -14,6 +18,8 @@ from simspine_jax.synth import synthetic_trial, write_sample_trial
 ROOT = Path(__file__).parent.parent
 TWO_LINK = ROOT / "tests" / "data" / "two_link.osim"
 DEFAULT = ROOT / "models" / "simspine_default.npz"
+OSIM = ROOT / "models" / "simspine_default.osim"
+MARKERS = ROOT / "models" / "simspine37_markers.xml"
 
 
 def test_export_and_info(tmp_path, capsys):
@@ -87,3 +93,21 @@ def test_demo_without_opensim(tmp_path, capsys):
     mot = read_storage(out / "sample_trial.mot")
     assert mot.in_degrees and mot.values.shape == (64, 62)
     assert "coordinate_error_vs_truth_deg_median" in capsys.readouterr().out
+
+
+@pytest.mark.opensim
+@pytest.mark.skipif(importlib.util.find_spec("opensim") is None, reason="needs opensim")
+def test_crosscheck_opensim_hang_is_a_clear_error(tmp_path, capsys):
+    tree = load_model(DEFAULT)
+    trc, mot = tmp_path / "t.trc", tmp_path / "t.mot"
+    write_sample_trial(tree, trc, mot, n_frames=3, seed=2)
+    imported_before = "opensim" in sys.modules
+    argv = ["crosscheck", "--osim", str(OSIM), "--markers", str(MARKERS), "--trc", str(trc)]
+    # the child cannot even import OpenSim in 0.05 s: it is killed as hung
+    rc = main([*argv, "--opensim-timeout", "0.05", "-o", str(tmp_path / "cc")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "did not finish within 0.05 s" in err and str(trc) in err, err
+    assert not (tmp_path / "cc" / "crosscheck.json").exists()
+    if not imported_before:  # (other test modules import it into this process)
+        assert "opensim" not in sys.modules

@@ -41,7 +41,9 @@ OpenSim's scale by the solver itself (see ``simspine_jax.ik._residual``).
 
 from __future__ import annotations
 
+import builtins
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +54,7 @@ opensim = pytest.importorskip("opensim")
 import jax  # noqa: E402
 from scipy.optimize import least_squares  # noqa: E402
 
-from simspine_jax import forward_kinematics, load_model  # noqa: E402
+from simspine_jax import InputError, forward_kinematics, load_model  # noqa: E402
 from simspine_jax.cli import main, motion_to_independent  # noqa: E402
 from simspine_jax.ik import WEAK_SENSITIVITY, solve_ik  # noqa: E402
 from simspine_jax.ik_setup import (  # noqa: E402
@@ -61,6 +63,12 @@ from simspine_jax.ik_setup import (  # noqa: E402
     read_ik_setup,
 )
 from simspine_jax.io import read_storage, read_trc, write_trc  # noqa: E402
+from simspine_jax.osim_bridge.ik import (  # noqa: E402
+    OpenSimRunError,
+    OpenSimTimeoutError,
+    run_opensim_ik,
+    run_opensim_ik_subprocess,
+)
 from simspine_jax.pipeline import crosscheck, frame_costs, trc_to_model_markers  # noqa: E402
 from simspine_jax.synth import synthetic_trial  # noqa: E402
 
@@ -80,9 +88,10 @@ COST_SLACK = 1e-10
 SAME_BASIN_MIN = 0.9  # share of frames where ours and OpenSim's own optimum cost the same
 REPORT_KEYS = {
     "osim", "trc", "setup", "frames", "coordinates", "ours", "opensim",
-    "frames_where_ours_costs_more_than_2pct", "speed_ratio", "coordinate_tasks",
+    "frames_where_ours_costs_more_than_2pct", "frame_indices_where_ours_costs_more_than_2pct",
+    "speed_ratio", "coordinate_tasks",
 }  # fmt: skip
-SIDE_KEYS = {"marker_rms_mm", "marker_max_mm", "wall_s", "frames_per_s", "cost_mean"}
+SIDE_KEYS = {"marker_rms_mm", "marker_max_mm", "wall_s", "frames_per_s", "cost_mean", "frame_costs"}
 CASES = [("clean", "all37"), ("clean", "halpe26"), ("noisy", "all37"), ("noisy", "halpe26")]
 
 _STOP = (
@@ -435,9 +444,12 @@ def test_report_and_plot(tree, case):
     args = case["seq"], case["weights"], case["tasks"]
     ours = frame_costs(tree, case["q"], *args)
     ref = frame_costs(tree, case["q_ref"], *args)
-    assert on_disk["frames_where_ours_costs_more_than_2pct"] == int(
-        np.sum(ours > COST_RATIO * ref + 1e-12)
-    )
+    worse = np.nonzero(ours > COST_RATIO * ref + 1e-12)[0].tolist()
+    assert on_disk["frame_indices_where_ours_costs_more_than_2pct"] == worse
+    assert on_disk["frames_where_ours_costs_more_than_2pct"] == len(worse)
+    np.testing.assert_allclose(on_disk["ours"]["frame_costs"], ours, rtol=1e-6, atol=1e-15)
+    np.testing.assert_allclose(on_disk["opensim"]["frame_costs"], ref, rtol=1e-6)
+    assert on_disk["opensim"]["process_s"] >= on_disk["opensim"]["wall_s"] > 0
     np.testing.assert_allclose(on_disk["ours"]["cost_mean"], ours.mean(), rtol=1e-6, atol=1e-15)
     np.testing.assert_allclose(on_disk["opensim"]["cost_mean"], ref.mean(), rtol=1e-6)
     print(
@@ -534,18 +546,84 @@ def test_cli_ik_two_trials_read_by_opensim(tree, trials, workdir):
         np.testing.assert_allclose(loc.reshape(n, -1, 3), data.positions, atol=1e-5)
 
 
-def test_cli_crosscheck_tiny(tree, trials, workdir, capsys):
+def test_cli_crosscheck_tiny(tree, trials, workdir, capsys, monkeypatch):
     tr = trials["clean"]["trial"]
     trc = write_trc(
         workdir / "tiny.trc", tree.marker_names, tr["time"][:6], tr["markers"][:6], units="mm"
     )
     out = workdir / "cli_cc"
     argv = ["crosscheck", "--osim", str(OSIM), "--markers", str(MARKERS), "--trc", str(trc)]
+    real_import = builtins.__import__
+
+    def no_opensim(name, *args, **kwargs):  # OpenSim must run in the child process only
+        if name == "opensim" or name.startswith("opensim."):
+            raise AssertionError("crosscheck imported opensim into the JAX process")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_opensim)
     assert main([*argv, "-o", str(out)]) == 0
+    monkeypatch.undo()
     rep = json.loads((out / "crosscheck.json").read_text())
     assert rep["frames"] == 6 and rep["frames_where_ours_costs_more_than_2pct"] == 0
+    assert rep["frame_indices_where_ours_costs_more_than_2pct"] == []
+    assert len(rep["ours"]["frame_costs"]) == len(rep["opensim"]["frame_costs"]) == 6
+    assert (out / "opensim" / "tiny.mot").is_file()
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["frames"] == 6
+    assert printed["frames"] == 6 and "frame_costs" not in printed["opensim"]
+
+
+# ----------------------------------------------------------------------------- OpenSim's child
+@pytest.fixture(scope="module")
+def tiny_trc(tree, trials, workdir):
+    tr = trials["noisy"]["trial"]
+    return write_trc(
+        workdir / "tiny_child.trc", tree.marker_names, tr["time"][:4], tr["markers"][:4], units="mm"
+    )
+
+
+def test_opensim_child_returns_what_run_opensim_ik_returns(tiny_trc, workdir):
+    args = OSIM, tiny_trc
+    here = run_opensim_ik(*args, out_dir=workdir / "osim_here", markers=MARKERS)
+    child = run_opensim_ik_subprocess(*args, out_dir=workdir / "osim_child", markers=MARKERS)
+    assert set(child) == set(here) | {"process_s"}
+    assert child["process_s"] >= child["wall_s"] > 0
+    assert child["coordinate_names"] == here["coordinate_names"]
+    assert Path(child["mot_path"]) == workdir / "osim_child" / "tiny_child.mot"
+    for k in ("q_full", "motion_types", "time", "marker_rms", "marker_max"):
+        np.testing.assert_array_equal(child[k], here[k], err_msg=k)
+    assert set(child["marker_errors"]) == set(here["marker_errors"])
+    for k, v in here["marker_errors"].items():
+        np.testing.assert_array_equal(child["marker_errors"][k], v, err_msg=k)
+    assert child["n_frames"] == here["n_frames"] == 4 and child["accuracy"] == here["accuracy"]
+
+
+def test_opensim_child_bad_input_is_an_input_error(tiny_trc, workdir):
+    with pytest.raises(InputError, match="bad time range") as e:  # raised in the child
+        run_opensim_ik_subprocess(
+            OSIM, tiny_trc, out_dir=workdir / "osim_bad", markers=MARKERS, time_range=(1.0, 0.0)
+        )
+    assert e.value.field == "time_range"
+
+
+def test_opensim_child_failure_quotes_its_stderr(tiny_trc, workdir):
+    bad = workdir / "broken_markers.xml"
+    bad.write_text("<OpenSimDocument><MarkerSet")
+    with pytest.raises(OpenSimRunError, match="failed in its child process") as e:
+        run_opensim_ik_subprocess(OSIM, tiny_trc, out_dir=workdir / "osim_fail", markers=bad)
+    msg = str(e.value)
+    assert str(tiny_trc) in msg and "child stderr" in msg and "broken_markers.xml" in msg, msg
+
+
+def test_opensim_child_timeout(tiny_trc, workdir):
+    t0 = time.perf_counter()
+    with pytest.raises(OpenSimTimeoutError) as e:  # Python alone takes longer to start
+        run_opensim_ik_subprocess(
+            OSIM, tiny_trc, out_dir=workdir / "osim_slow", markers=MARKERS, timeout_s=0.05
+        )
+    assert time.perf_counter() - t0 < 5.0
+    msg = str(e.value)
+    assert "did not finish within 0.05 s" in msg and str(tiny_trc) in msg, msg
+    assert isinstance(e.value, TimeoutError)
 
 
 def test_cli_ik_no_matching_markers(tree, workdir, capsys):

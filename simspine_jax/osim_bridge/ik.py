@@ -2,7 +2,11 @@
 
 :func:`run_opensim_ik` runs the tool on a model, a TRC file and an IK task set (from a setup
 file, or from weights given here) and reads its ``.mot`` and ``_ik_marker_errors.sto`` back,
-with coordinates converted to radians and metres.
+with coordinates converted to radians and metres. :func:`run_opensim_ik_subprocess` does the
+same in a child process, for callers that run JAX: with OpenSim imported and run in the same
+process as JAX (jaxlib 0.10, 2 CPU cores), XLA CPU calls ran ~9x slower afterwards and some
+never returned (Eigen thread-pool workers left waiting), so a process that solves with JAX
+should never import ``opensim``.
 
 Units OpenSim 4.6 writes to the IK ``.mot`` (header ``inDegrees=yes``; checked on the SimSpine
 model, see ``tests/test_synth.py``): coordinates of motion type Rotational are in degrees,
@@ -14,14 +18,20 @@ are in degrees like the rest.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ._common import import_opensim
 
 ROTATIONAL, TRANSLATIONAL, COUPLED = 1, 2, 3  # OpenSim::Coordinate::MotionType
@@ -234,3 +244,149 @@ def run_opensim_ik(
         "mot_path": str(mot_path),
         "errors_path": str(errors_path),
     }
+
+
+# ----------------------------------------------------------------------------- child process
+TIMEOUT_BASE_S = 120.0  # default timeout of the child: this, plus ...
+TIMEOUT_PER_LINE_S = 1.0  # ... this per line of the TRC file (OpenSim: ~20-100 frames/s here)
+_OUTPUT_TAIL = 3000  # characters of the child's stderr and stdout quoted in an error
+_ERROR_TYPES = {"InputError": InputError, "ModelError": ModelError}
+
+
+class OpenSimRunError(RuntimeError):
+    """OpenSim's IK failed in its child process; the message ends with the child's output."""
+
+
+class OpenSimTimeoutError(OpenSimRunError, TimeoutError):
+    """OpenSim's IK child process did not finish in time and was killed."""
+
+
+def _output_tail(stderr, stdout) -> str:
+    """The end of a child's stderr and stdout, for an error message."""
+    parts = []
+    for label, text in (("stderr", stderr), ("stdout", stdout)):
+        if isinstance(text, bytes):
+            text = text.decode(errors="replace")
+        text = (text or "").strip()
+        if text:
+            cut = "..." if len(text) > _OUTPUT_TAIL else ""
+            parts.append(f"\n--- child {label} (end) ---\n{cut}{text[-_OUTPUT_TAIL:]}")
+    return "".join(parts) or " (the child printed nothing)"
+
+
+def _package_root() -> Path:
+    """The folder holding the ``simspine_jax`` package, so the child imports this very copy."""
+    return Path(__file__).resolve().parents[2]
+
+
+def run_opensim_ik_subprocess(
+    osim_path: str | Path,
+    trc_path: str | Path,
+    setup_xml: str | Path | None = None,
+    marker_weights: Mapping[str, float] | None = None,
+    coordinate_tasks: Iterable | None = None,
+    *,
+    out_dir: str | Path,
+    markers: str | Path | None = None,
+    time_range: tuple[float, float] | None = None,
+    accuracy: float | None = None,
+    name: str | None = None,
+    timeout_s: float | None = None,
+) -> dict:
+    """:func:`run_opensim_ik` in a child process (``python -m
+    simspine_jax.osim_bridge._ik_worker``); this process never imports ``opensim``.
+
+    Arguments and the returned dict are those of :func:`run_opensim_ik`, plus ``process_s``
+    (the child's whole life: Python start, imports, the run, writing results). The results
+    come back through an ``.npz`` the child writes atomically in a temporary folder; OpenSim's
+    own ``.mot`` and ``_ik_marker_errors.sto`` stay in ``out_dir`` as usual, which is also the
+    child's working directory.
+
+    ``timeout_s``: how long to wait before killing the child (default: ``TIMEOUT_BASE_S`` plus
+    ``TIMEOUT_PER_LINE_S`` per line of the TRC file; ``math.inf``: wait forever).
+
+    Raises: :class:`InputError` (or :class:`ModelError`) as the child raised it, for bad
+    inputs; :class:`OpenSimTimeoutError` if the child ran past ``timeout_s``;
+    :class:`OpenSimRunError` if it failed otherwise (both quote the end of its stderr and
+    stdout); ImportError if the ``opensim`` package is not installed.
+    """
+    if importlib.util.find_spec("opensim") is None:
+        raise ImportError("this function needs the 'opensim' package (pip install opensim==4.6)")
+    trc_path = Path(trc_path).resolve()
+    if not trc_path.is_file():
+        raise InputError("file not found", path=str(trc_path))
+    if timeout_s is None:
+        with open(trc_path, "rb") as fh:
+            timeout_s = TIMEOUT_BASE_S + TIMEOUT_PER_LINE_S * sum(1 for _ in fh)
+    if not timeout_s > 0:
+        raise InputError(f"the timeout must be positive, got {timeout_s}", field="timeout_s")
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def absolute(p):
+        return None if p is None else str(Path(p).resolve())
+
+    kwargs = dict(
+        osim_path=absolute(osim_path),
+        trc_path=str(trc_path),
+        setup_xml=absolute(setup_xml),
+        marker_weights=None
+        if marker_weights is None
+        else {str(k): float(w) for k, w in marker_weights.items()},
+        coordinate_tasks=None
+        if coordinate_tasks is None
+        else [list(_coordinate_task_tuple(t)) for t in coordinate_tasks],
+        out_dir=str(out_dir),
+        markers=absolute(markers),
+        time_range=None if time_range is None else [float(t) for t in time_range],
+        accuracy=None if accuracy is None else float(accuracy),
+        name=name,
+    )
+    what = f"OpenSim's InverseKinematicsTool on {trc_path} (model {kwargs['osim_path']})"
+    with tempfile.TemporaryDirectory(prefix="simspine_opensim_ik_") as tmp:
+        job_path, result, error = (Path(tmp) / f for f in ("job.json", "result.npz", "error.json"))
+        job = dict(kwargs=kwargs, result=str(result), error=str(error))
+        job_path.write_text(json.dumps(job))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_package_root()), env.get("PYTHONPATH", "")) if p
+        )
+        cmd = [sys.executable, "-m", "simspine_jax.osim_bridge._ik_worker", str(job_path)]
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run(
+                cmd,
+                cwd=out_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=None if math.isinf(timeout_s) else timeout_s,
+            )
+        except subprocess.TimeoutExpired as e:  # subprocess.run has killed the child
+            raise OpenSimTimeoutError(
+                f"{what} did not finish within {timeout_s:g} s (timeout_s); its child process "
+                f"was killed.{_output_tail(e.stderr, e.output)}"
+            ) from None
+        process_s = time.perf_counter() - t0
+        if error.is_file():
+            info = json.loads(error.read_text())
+            err = _ERROR_TYPES.get(info["type"], InputError)(info["message"])
+            err.path, err.line, err.frame, err.field = (
+                info[k] for k in ("path", "line", "frame", "field")
+            )
+            raise err
+        if p.returncode != 0 or not result.is_file():
+            raise OpenSimRunError(
+                f"{what} failed in its child process (exit code {p.returncode})."
+                f"{_output_tail(p.stderr, p.stdout)}"
+            )
+        with np.load(result, allow_pickle=False) as z:
+            out = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+    prefix = "marker_errors_"
+    out["marker_errors"] = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+    out.update({k: v for k, v in arrays.items() if not k.startswith(prefix)})
+    out["coordinate_names"] = tuple(out["coordinate_names"])
+    out["process_s"] = process_s
+    return out
