@@ -78,7 +78,7 @@ def full_coordinates(tree: KinematicTree, q_indep: jax.Array) -> jax.Array:
 
     Shape: (*batch, n_indep) -> (*batch, n_coord).
     """
-    q_indep = jnp.asarray(q_indep)
+    q_indep = jnp.asarray(q_indep, tree.dtype)
     _check_last(q_indep, tree.n_indep, "independent coordinates")
     f = _full_one
     for _ in range(q_indep.ndim - 1):
@@ -97,12 +97,29 @@ def independent_coordinates(tree: KinematicTree, q_full: jax.Array) -> jax.Array
 def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
     """3x3 @ 3x3 over leading axes, as multiply + reduce (no dot_general: for tiny matrices it
     is as fast on CPU, and nested vmaps of batched dots hit an XLA CPU layout bug)."""
-    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+    return _sum3(a[..., :, :, None] * b[..., None, :, :], axis=-2)
 
 
 def _mv(a: jax.Array, v: jax.Array) -> jax.Array:
     """3x3 @ 3-vector over leading axes."""
-    return jnp.sum(a * v[..., None, :], axis=-1)
+    return _sum3(a * v[..., None, :], axis=-1)
+
+
+def _sum3(x: jax.Array, axis: int) -> jax.Array:
+    """Sum of a product over its length-3 ``axis``. Shape: ``x.shape`` without ``axis``.
+
+    Below float64 the sum is written out as two adds, with no reduce: on CPU, jaxlib 0.10.2
+    hands multiply + reduce_sum to YNNPACK fusions, and in float32 these return wrong values
+    past about 32k output elements when an operand broadcast over the batch is added to the
+    sum (FK was 0.6 m off from frame 352 of a 500-frame trial; tests/test_fk_float32.py).
+    float64 keeps the reduce, so the validated float64 program is unchanged: its fusions agree
+    with the written-out float32 path to float32 precision, and it was no faster written out.
+    """
+    if x.dtype == jnp.float64:
+        return jnp.sum(x, axis=axis)
+    assert x.shape[axis] == 3
+    x0, x1, x2 = (jax.lax.index_in_dim(x, k, axis, keepdims=False) for k in range(3))
+    return x0 + x1 + x2
 
 
 # ----------------------------------------------------------------------------- rotations
@@ -136,7 +153,7 @@ def _joint_pieces(tree: KinematicTree, q_full: jax.Array, with_derivative: bool 
     R1 = axis_angle_matrix(ax[:, 0], v[:, 0])
     R2 = axis_angle_matrix(ax[:, 1], v[:, 1])
     R3 = axis_angle_matrix(ax[:, 2], v[:, 2])
-    p_fm = jnp.sum(v[:, 3:6, None] * ax[:, 3:6], axis=1)
+    p_fm = _sum3(v[:, 3:6, None] * ax[:, 3:6], axis=1)
     return v, dv, R1, R2, R3, p_fm
 
 
@@ -188,7 +205,7 @@ def marker_jacobian_one(tree: KinematicTree, q_indep: jax.Array):
     Shape: (n_indep,) -> markers (M, 3), J (M, 3, n_indep), q_full (n_coord,), G (n_coord, n_indep).
     """
     topo = tree.topology
-    q_full, G = _full_and_map(tree, q_indep)
+    q_full, G = _full_and_map(tree, jnp.asarray(q_indep, tree.dtype))
     v, dv, R1, R2, R3, p_fm = _joint_pieces(tree, q_full, with_derivative=True)
     R_w, p_w = _compose(tree, *_local_from_pieces(tree, R1, R2, R3, p_fm))
     par = np.maximum(topo.body_parent, 0)
@@ -198,7 +215,7 @@ def marker_jacobian_one(tree: KinematicTree, q_indep: jax.Array):
     w0 = _mv(R_GF, ax[:, 0])
     w1 = _mv(_mm(R_GF, R1), ax[:, 1])
     w2 = _mv(_mm(_mm(R_GF, R1), R2), ax[:, 2])
-    tr = jnp.sum(R_GF[:, None, :, :] * ax[:, 3:6, None, :], axis=-1)  # (n_body, 3, 3)
+    tr = _sum3(R_GF[:, None, :, :] * ax[:, 3:6, None, :], axis=-1)  # (n_body, 3, 3)
     o_M = o_F + _mv(R_GF, p_fm)
     mb = topo.marker_body
     x = p_w[mb] + _mv(R_w[mb], tree.marker_offset)  # (M, 3)
@@ -217,7 +234,8 @@ def marker_jacobian_one(tree: KinematicTree, q_indep: jax.Array):
         tau = tr[act_body[trn_rows], act_k[trn_rows] - 3]  # (Rt, 3)
         Jr = Jr.at[:, trn_rows].set(jnp.broadcast_to(tau[None], (x.shape[0],) + tau.shape))
     fidx = topo.axis_func.reshape(-1)[act]
-    Jr = Jr * (topo.marker_ancestor[:, act_body] * 1.0)[:, :, None] * dv[act][None, :, None]
+    moves = jnp.asarray(topo.marker_ancestor[:, act_body], x.dtype)  # numpy float64 mask
+    Jr = Jr * moves[:, :, None] * dv[act][None, :, None]
     # sum rows into the full coordinate each one is driven by, then map to independents
     J_full = jax.ops.segment_sum(
         jnp.moveaxis(Jr, 1, 0), topo.func_input[fidx], num_segments=tree.n_coord
@@ -298,5 +316,5 @@ def forward_kinematics(tree: KinematicTree, q, *, full: bool = False) -> FKResul
 
 def marker_positions(tree: KinematicTree, q, *, full: bool = False) -> jax.Array:
     """Marker positions only (traceable, for use inside jit/grad). Shape: (*batch, n_marker, 3)."""
-    q = jnp.asarray(q)
+    q = jnp.asarray(q, tree.dtype)
     return _fk_batched(tree, q, full).markers
