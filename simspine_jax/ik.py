@@ -13,15 +13,21 @@ Algorithm (see README "IK solver"):
 
 1. Robust start: the root joint's coordinates are fitted alone on the first frame from a grid
    of 64 orientations (vmapped), the best is kept; all other coordinates start at defaults.
-2. Per-frame stage: frames are cut into chunks of ``chunk`` frames; a ``lax.scan`` over chunks
-   warm-starts each chunk from the last solved frame of the previous one, and all frames of a
-   chunk are solved in parallel by Levenberg-Marquardt with a per-frame accept/reject step
-   (Marquardt scaling). Convergence per frame: accepted step with max|dq| < ``tol_step``, or
-   actual or predicted (Gauss-Newton model) relative cost decrease < ``tol_cost``, or
-   ``max_iters``.
+2. Per-frame stage, coarse to fine in time: every ``chunk``-th frame is solved in order, each
+   warm-started from the previous one (a ``lax.scan``); then the frames halfway between solved
+   ones, level by level down to single frames, each from the mean of its two solved
+   neighbours. These are scheduled on ``lanes`` parallel lanes per sequence in rounds of
+   ``round_iters`` iterations (one ``while_loop``; a slow frame keeps its lane while finished
+   ones are refilled), so lanes run in lockstep only within a round. Each frame runs
+   Levenberg-Marquardt with damping relative to the largest curvature, accept/reject, and a
+   gain-ratio damping update. Convergence per frame: an accepted step with max|dq| <
+   ``tol_step`` or a relative cost decrease (actual, or predicted by the Gauss-Newton model)
+   below ``tol_cost``; a weighted RMS marker error below ``tol_marker``; a negligible
+   undamped step; or ``max_iters`` (status MAX_ITERS).
 3. Smoothing stage (only if a lambda > 0): Gauss-Newton/LM on the whole sequence. The normal
    matrix is block-pentadiagonal in time (n_dof x n_dof blocks); pairs of frames make it block
-   tridiagonal (2n x 2n) and it is solved exactly by a block-Cholesky (Thomas) ``lax.scan``.
+   tridiagonal (2n x 2n), solved exactly by a block-Cholesky (Thomas) ``lax.scan`` on CPU or
+   by block cyclic reduction (log2 T levels, each one batched kernel: parallel on a GPU).
    No dense (T n) x (T n) matrix is formed. A global LM damping with accept/reject keeps the
    total cost decreasing.
 
@@ -31,9 +37,9 @@ Missing markers (NaN) get weight 0 in their frame. A frame with fewer than ``min
 observed markers is reported (status FEW_MARKERS); with lambda = 0 its coordinates are NaN,
 with smoothing they are filled by the smoothness prior and flagged.
 
-Memory per frame (float64, SimSpine model: n=40 coordinates, M=37 markers): the marker
-Jacobian (3M x n = 35 kB) and normal block (n x n = 13 kB) dominate; about 0.1 MB per frame
-while a chunk is in flight, and O(T n^2) for the smoothing stage.
+Memory per frame (float64, SimSpine model: n=40 coordinates, M=37 markers): the state is
+O(T n); the marker Jacobian (3M x n = 35 kB) and normal block (n x n = 13 kB) exist only for
+the ``lanes`` frames in flight; the smoothing stage holds O(T n^2) (about 0.1 MB per frame).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._banded import banded_solve
 from .errors import InputError
 from .fk import _fk_one, _full_one, marker_jacobian_one
 from .model import KinematicTree
@@ -67,11 +74,17 @@ class IKOptions:
     max_iters: int = 60  # LM iterations per frame (per-frame stage)
     max_iters_smooth: int = 30  # global iterations (smoothing stage)
     tol_step: float = 1e-7  # converged when an accepted step has max|dq| below this,
-    tol_cost: float = 1e-6  # or the actual or predicted relative cost decrease is below this
+    tol_cost: float = 1e-5  # or the actual or predicted relative cost decrease is below this
+    tol_marker: float = 1e-7  # or the weighted RMS marker error is below this (m)
     mu_init: float = 1e-3  # initial Marquardt damping
-    chunk: int = 64  # frames solved in parallel per warm-start step (smaller chunks carry a
-    # flipped weakly observed arm from frame to frame: 64 found the better minimum, measured)
+    chunk: int = 64  # stride (a power of two) of the frames solved first, in order; the
+    # frames between are solved coarse to fine in parallel (see _per_frame_stage)
+    lanes: int = 64  # frames iterated in parallel per round (per sequence)
+    round_iters: int = 4  # LM iterations per round before lanes are reassigned
+    mu_init_warm: float = 1e-5  # initial damping of frames started from solved neighbours
     min_markers: int = 3  # fewer observed markers in a frame -> FEW_MARKERS
+    banded: str = "auto"  # smoothing-stage solve: "thomas" (block Cholesky scan, sequential
+    # in time), "cyclic" (block cyclic reduction, log T depth) or "auto" (cyclic on GPU/TPU)
 
 
 class IKProblem(NamedTuple):
@@ -161,45 +174,66 @@ def _damped_solve(H, g, mu, eye):
     return jnp.linalg.solve(A, g[..., None])[..., 0]
 
 
-def _lm_frame(tree, opts: IKOptions, q0, z, w, ci, cw, ct, lo, hi, skip=False):
-    """Levenberg-Marquardt for one frame (``skip``: a frame not to solve, e.g. padding or too
-    few markers, which then costs no iteration). Returns (q, cost, iterations, converged)."""
-    res = partial(_residual, tree)
-    n = q0.shape[0]
-    eye = jnp.eye(n, dtype=q0.dtype)
+class _LMState(NamedTuple):
+    """Per-frame Levenberg-Marquardt state (a pytree; vmapped over frames)."""
 
-    def cost_of(q):
-        r = res(q, z, w, ci, cw, ct)
-        return r @ r
+    q: jax.Array  # (n,)
+    cost: jax.Array  # ()
+    mu: jax.Array  # () Marquardt damping
+    it: jax.Array  # () iterations done
+    done: jax.Array  # () converged (or a frame not to solve)
 
-    def body(state):
-        q, cost, mu, it, done = state
+
+def _lm_init(tree, opts: IKOptions, q0, z, w, ci, cw, ct, skip) -> _LMState:
+    r = _residual(tree, q0, z, w, ci, cw, ct)
+    mu = jnp.asarray(opts.mu_init, q0.dtype)
+    return _LMState(q0, r @ r, mu, jnp.asarray(0, jnp.int32), jnp.asarray(skip))
+
+
+def _lm_run(tree, opts: IKOptions, s: _LMState, z, w, ci, cw, ct, lo, hi, cap) -> _LMState:
+    """At most ``cap`` more LM iterations on one frame (stops at convergence or max_iters)."""
+    eye = jnp.eye(s.q.shape[0], dtype=s.q.dtype)
+
+    def body(carry):
+        s, k = carry
+        q, cost, mu = s.q, s.cost, s.mu
         r, J = _residual_and_jac(tree, q, z, w, ci, cw, ct)
         H = J.T @ J
         g = J.T @ r
-        step = -_damped_solve(H, g, mu, eye)
-        q_new = jnp.clip(q + step, lo, hi)
-        c_new = cost_of(q_new)
+        q_new = jnp.clip(q - _damped_solve(H, g, mu, eye), lo, hi)
+        r_new = _residual(tree, q_new, z, w, ci, cw, ct)
+        c_new = r_new @ r_new
         accept = c_new < cost
-        dq = jnp.max(jnp.abs(q_new - q))
-        # decrease the Gauss-Newton model still promises (once damping is negligible)
         d = q_new - q
+        # decrease the Gauss-Newton model still promises (once damping is negligible)
         pred = -(2.0 * g @ d + d @ (H @ d))
-        tiny = (mu <= 1e-6) & (pred <= opts.tol_cost * jnp.maximum(cost, 1e-30))
-        small = (dq < opts.tol_step) | (cost - c_new <= opts.tol_cost * jnp.maximum(cost, 1e-30))
-        done_now = (accept & small) | tiny | (~accept & (mu > 1e10))
-        q = jnp.where(accept, q_new, q)
-        cost = jnp.where(accept, c_new, cost)
-        mu = jnp.where(accept, jnp.maximum(mu * 0.1, 1e-12), mu * 10.0)
-        return q, cost, mu, it + 1, done | done_now
+        floor = opts.tol_cost * jnp.maximum(cost, 1e-30)
+        tiny = (mu <= 1e-6) & (pred <= floor)
+        dq = jnp.max(jnp.abs(d))
+        small = (dq < opts.tol_step) | (cost - c_new <= floor)
+        # a fit to within tol_marker (weighted RMS) is converged; so is a negligible undamped
+        # step (at a zero-residual optimum rounding rejects every step)
+        fitted = jnp.minimum(cost, c_new) <= opts.tol_marker**2 * jnp.sum(w)
+        stationary = ((dq < opts.tol_step) & (mu <= opts.mu_init)) | fitted
+        done = (accept & small) | tiny | stationary | (~accept & (mu > 1e10))
+        # damping update by the gain ratio rho = actual / predicted decrease: a good model
+        # (rho > 3/4) cuts it tenfold, a poor one (rho < 1/4) doubles it, a rejection x4
+        rho = (cost - c_new) / jnp.maximum(pred, 1e-300)
+        shrink = jnp.where(rho > 0.75, 0.1, jnp.where(rho > 0.25, 1.0, 2.0))
+        s = _LMState(
+            q=jnp.where(accept, q_new, q),
+            cost=jnp.where(accept, c_new, cost),
+            mu=jnp.where(accept, jnp.maximum(mu * shrink, 1e-12), mu * 4.0),
+            it=s.it + 1,
+            done=s.done | done,
+        )
+        return s, k + 1
 
-    def cond(state):
-        return (~state[4]) & (state[3] < opts.max_iters)
+    def cond(carry):
+        s, k = carry
+        return (~s.done) & (s.it < opts.max_iters) & (k < cap)
 
-    c0 = cost_of(q0)
-    init = (q0, c0, jnp.asarray(opts.mu_init, q0.dtype), jnp.asarray(0), jnp.asarray(skip))
-    q, cost, _, it, done = jax.lax.while_loop(cond, body, init)
-    return q, cost, it, done
+    return jax.lax.while_loop(cond, body, (s, jnp.asarray(0, jnp.int32)))[0]
 
 
 def _root_coords(tree: KinematicTree) -> tuple[np.ndarray, np.ndarray]:
@@ -267,45 +301,110 @@ def _robust_start(tree, opts, q_default, z, w, ci, cw, ct, lo, hi):
     return qs[jnp.argmin(size)]
 
 
+def _schedule(T: int, S: int):
+    """Static coarse-to-fine order of a T-frame sequence (T a multiple of 2 S, S a power of 2).
+
+    Frame t gets a level (0: every S-th frame, solved in order; level k: odd multiples of
+    S / 2^k) and two frames its warm start comes from (-1: the robust start). Shapes: (T,).
+    """
+    level = np.zeros(T, np.int32)
+    left = np.arange(T) - S
+    right = left.copy()
+    h, k = S // 2, 1
+    while h >= 1:
+        idx = np.arange(h, T, 2 * h)
+        level[idx] = k
+        left[idx] = idx - h
+        right[idx] = np.where(idx + h < T, idx + h, idx - h)
+        h, k = h // 2, k + 1
+    return level, np.maximum(left, -1), np.maximum(right, -1)
+
+
 def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
-    """Chunked warm-started per-frame LM. Shapes: (T, n) in and out (T divisible by chunk)."""
+    """Per-frame LM, coarse to fine in time, on a fixed number of lanes. Shapes: (T, n) in
+    and out (T a multiple of 2 * chunk, chunk a power of two).
+
+    Order: every ``chunk``-th frame is warm-started from the previous one (the first from the
+    robust start); every other frame from the mean of its two neighbours at the next coarser
+    level, halfway between (from the left one alone where they differ by more than 1 rad or
+    m, e.g. an angle wrap), once both are finished. Finer levels thus start close to their
+    optimum, and a weakly observed coordinate inherits its neighbours' basin.
+
+    Scheduling: one ``while_loop`` of rounds. Each round picks up to ``lanes`` frames that
+    are running or ready (coarsest level first, then in time), and runs at most
+    ``round_iters`` LM iterations on them in parallel (a vmapped loop, so lanes run in
+    lockstep only within a round). Frames a slow one would hold up move on to the next
+    round's free lanes. One compiled LM kernel serves every level.
+    """
     lo, hi = _bounds(tree)
-    T = prob.markers.shape[0]
-    C = opts.chunk
+    T, n = prob.markers.shape[0], q_start.shape[0]
+    W = min(opts.lanes, T)
+    level, left, right = _schedule(T, opts.chunk)
+    key_static = jnp.asarray(level.astype(np.int64) * T + np.arange(T))
+    left, right = jnp.asarray(left), jnp.asarray(right)
     z, w, obs = _frame_inputs(prob.markers, prob.marker_weight[None, :])
     ok = prob.frame_valid & (jnp.sum(obs & (prob.marker_weight > 0), axis=1) >= opts.min_markers)
-    zc = z.reshape(T // C, C, *z.shape[1:])
-    wc = w.reshape(T // C, C, -1)
-    okc = ok.reshape(T // C, C)
-    solve = jax.vmap(
-        lambda q0, zz, ww, okk: _lm_frame(
-            tree,
-            opts,
-            q0,
-            zz,
-            ww,
-            prob.coord_index,
-            prob.coord_weight,
-            prob.coord_target,
-            lo,
-            hi,
-            ~okk,
-        ),
-        in_axes=(None, 0, 0, 0),
+    ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
+    init = jax.vmap(lambda q, zz, ww, sk: _lm_init(tree, opts, q, zz, ww, ci, cw, ct, sk))
+    run = jax.vmap(
+        lambda s, zz, ww: _lm_run(tree, opts, s, zz, ww, ci, cw, ct, lo, hi, opts.round_iters)
     )
+    mu_warm = jnp.asarray(opts.mu_init_warm, q_start.dtype)
 
-    def chunk_step(q_prev, xs):
+    def finished(st, started):
+        return started & (st.done | (st.it >= opts.max_iters))
+
+    def round_body(carry):
+        st, started = carry
+        fin = jnp.concatenate([finished(st, started), jnp.ones(1, bool)])  # [-1]: the start
+        elig = ~fin[:T] & (started | (fin[left] & fin[right]))
+        sel = jnp.argsort(jnp.where(elig, key_static, jnp.iinfo(jnp.int64).max))[:W]
+        lane = elig[sel]
+        new = lane & ~started[sel]
+        q_ext = jnp.concatenate([st.q, q_start[None]])
+        ql, qr = q_ext[left[sel]], q_ext[right[sel]]
+        d = qr - ql
+        q0 = jnp.where(jnp.abs(d) < 1.0, ql + 0.5 * d, ql)
+        zz, ww = z[sel], w[sel]
+        fresh = init(q0, zz, ww, ~ok[sel])
+        fresh = fresh._replace(mu=jnp.broadcast_to(mu_warm, fresh.mu.shape))
+        cur = jax.tree_util.tree_map(lambda a: a[sel], st)
+        s = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(new.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), fresh, cur
+        )
+        s = run(s._replace(done=s.done | ~lane), zz, ww)
+        s = s._replace(done=jnp.where(lane, s.done, cur.done))
+        keep = lane.reshape(-1, 1)
+        st = _LMState(
+            q=st.q.at[sel].set(jnp.where(keep, s.q, cur.q)),
+            cost=st.cost.at[sel].set(jnp.where(lane, s.cost, cur.cost)),
+            mu=st.mu.at[sel].set(jnp.where(lane, s.mu, cur.mu)),
+            it=st.it.at[sel].set(jnp.where(lane, s.it, cur.it)),
+            done=st.done.at[sel].set(s.done),
+        )
+        return st, started.at[sel].set(started[sel] | lane)
+
+    coarse = np.nonzero(level == 0)[0]
+
+    def coarse_step(q_prev, xs):
         zz, ww, okk = xs
-        q, cost, it, done = solve(q_prev, zz, ww, okk)
-        # warm start for the next chunk: the last solved frame of this one
-        last = jnp.max(jnp.where(okk, jnp.arange(C), -1))
-        q_next = jnp.where(last >= 0, q[jnp.maximum(last, 0)], q_prev)
-        return q_next, (q, cost, it, done)
+        c = _lm_init(tree, opts, q_prev, zz, ww, ci, cw, ct, ~okk)
+        c = _lm_run(tree, opts, c, zz, ww, ci, cw, ct, lo, hi, opts.max_iters)
+        return jnp.where(okk, c.q, q_prev), c
 
-    _, (q, cost, it, done) = jax.lax.scan(chunk_step, q_start, (zc, wc, okc))
-    q = q.reshape(T, -1)
-    status = jnp.where(ok.reshape(T), jnp.where(done.reshape(T), CONVERGED, MAX_ITERS), FEW_MARKERS)
-    return q, it.reshape(T), status, ok
+    # the coarse frames, in order (one lane each sequence: they form a chain)
+    _, cs = jax.lax.scan(coarse_step, q_start, (z[coarse], w[coarse], ok[coarse]))
+    st0 = _LMState(
+        q=jnp.broadcast_to(q_start, (T, n)).at[coarse].set(cs.q),
+        cost=jnp.zeros(T, q_start.dtype).at[coarse].set(cs.cost),
+        mu=jnp.zeros(T, q_start.dtype).at[coarse].set(cs.mu),
+        it=jnp.zeros(T, jnp.int32).at[coarse].set(cs.it),
+        done=jnp.zeros(T, bool).at[coarse].set(cs.done),
+    )
+    carry = (st0, jnp.zeros(T, bool).at[coarse].set(True))
+    st, _ = jax.lax.while_loop(lambda c: ~jnp.all(finished(*c)), round_body, carry)
+    status = jnp.where(ok, jnp.where(st.done, CONVERGED, MAX_ITERS), FEW_MARKERS)
+    return st.q, st.it, status, ok
 
 
 # ----------------------------------------------------------------------------- smoothing
@@ -412,7 +511,7 @@ def _smooth_stage(tree, opts: IKOptions, prob: IKProblem, q_init, ok):
         Cu = Cu.at[:, n:, :n].set(o1[:, 1, None, None] * eye)  # (2k+1, 2k+2)
         Cu = Cu.at[:, n:, n:].set(o2[:, 1, None, None] * eye)  # (2k+1, 2k+3)
         Al = jnp.concatenate([jnp.zeros_like(Cu[:1]), jnp.swapaxes(Cu[:-1], 1, 2)], 0)
-        step = -block_tridiag_solve(Al, Bd, Cu, g.reshape(P, 2 * n)).reshape(T, n)
+        step = -banded_solve(Al, Bd, Cu, g.reshape(P, 2 * n), method=opts.banded).reshape(T, n)
         step = jnp.where(prob.frame_valid[:, None], step, 0.0)
         q_new = jnp.clip(q + step, lo, hi)
         c_new = total_cost(q_new)
@@ -591,8 +690,16 @@ def _check_dtype(tree: KinematicTree) -> None:
 
 
 def _resolve(options: IKOptions) -> IKOptions:
-    if options.chunk < 1:
-        raise InputError(f"chunk must be >= 1, got {options.chunk}", field="chunk")
+    c = options.chunk
+    if c < 1 or c & (c - 1):
+        raise InputError(f"chunk must be a power of two >= 1, got {c}", field="chunk")
+    if options.banded not in ("auto", "thomas", "cyclic"):
+        raise InputError(
+            f"banded must be auto, thomas or cyclic, got {options.banded!r}", field="banded"
+        )
+    for name in ("lanes", "round_iters"):
+        if getattr(options, name) < 1:
+            raise InputError(f"{name} must be >= 1, got {getattr(options, name)}", field=name)
     return options
 
 

@@ -171,3 +171,48 @@ def test_ik_layer_implicit_gradient_matches_fd():
         e = jnp.zeros_like(z).at[:, m, k].set(h)
         fd = float((loss(z + e) - loss(z - e)) / (2 * h))
         assert abs(float(g[:, m, k].sum()) - fd) < 1e-4 * max(1.0, abs(fd)), (m, k, fd)
+
+
+@pytest.fixture(scope="module")
+def two_link_trial():
+    tree = tree_from_export(read_osim(ROOT / "tests" / "data" / "two_link.osim"))
+    t = np.linspace(0.0, 2.0, 150)
+    q_true = np.stack([0.8 * np.sin(2.1 * t), -0.5 + 0.7 * np.cos(1.3 * t)], -1)
+    z = np.asarray(forward_kinematics(tree, jnp.asarray(q_true)).markers)
+    z = z + 0.002 * np.random.default_rng(1).normal(size=z.shape)
+    return tree, q_true, z
+
+
+def test_schedule_orders_coarse_to_fine():
+    from simspine_jax.ik import _schedule
+
+    level, left, right = _schedule(256, 16)
+    assert np.all(level[::16] == 0) and level.max() == 4
+    for t in range(256):
+        for dep in (left[t], right[t]):
+            # every warm start comes from an earlier frame in the chain or a coarser level
+            assert dep == -1 or level[dep] < level[t] or (level[t] == 0 and dep == t - 16)
+        if level[t] > 0:
+            h = 16 >> level[t]
+            assert left[t] == t - h and right[t] in (t + h, t - h)
+
+
+def test_lanes_and_rounds_do_not_change_the_solution(two_link_trial):
+    """The scheduler only decides when a frame is iterated, not what it converges to."""
+    tree, _, z = two_link_trial
+    base = dict(min_markers=2, chunk=16)
+    a = solve_ik(tree, z, options=IKOptions(**base))
+    b = solve_ik(tree, z, options=IKOptions(**base, lanes=3, round_iters=1))
+    np.testing.assert_allclose(np.asarray(a.q), np.asarray(b.q), atol=1e-9)
+    np.testing.assert_array_equal(np.asarray(a.iterations), np.asarray(b.iterations))
+
+
+def test_cyclic_reduction_matches_thomas_in_smoothing(two_link_trial):
+    tree, q_true, z = two_link_trial
+    opts = dict(min_markers=2, smooth_vel=0.05, smooth_acc=0.5)
+    a = solve_ik(tree, z, options=IKOptions(**opts, banded="thomas"))
+    b = solve_ik(tree, z, options=IKOptions(**opts, banded="cyclic"))
+    np.testing.assert_allclose(np.asarray(a.q), np.asarray(b.q), atol=1e-9)
+    assert np.sqrt(np.mean((np.asarray(a.q) - q_true) ** 2)) < 0.02
+    with pytest.raises(InputError, match="banded"):
+        solve_ik(tree, z, options=IKOptions(banded="dense"))
