@@ -101,6 +101,44 @@ class Topology:
         return np.nonzero(inp >= 0)[0]
 
     @cached_property
+    def jacobian_entries(self) -> dict:
+        """Sparsity of the marker Jacobian, for :func:`simspine_jax.fk.marker_jacobian_one`.
+
+        Row r of :attr:`active_axes` is driven by full coordinate ``row_coord[r]``, which is
+        independent coordinate ``row_col[r]`` itself or a coupler of it (``row_has_col``
+        False: locked, or coupled to a locked one). An entry e is a (marker, row) pair where
+        the row's body moves the marker; ``dst`` = marker * n_indep + column, sorted. Shapes:
+        row_* (R,); ent_* and dst (E,).
+        """
+        a = self.arrays
+        act = self.active_axes
+        row_coord = a["func_input"][a["axis_func"].reshape(-1)[act]]
+        col_of = {int(c): i for i, c in enumerate(a["indep_coord"])}
+        src_of = {
+            int(d): int(a["func_input"][f])
+            for d, f in zip(a["dep_coord"], a["dep_func"], strict=True)
+        }
+        row_col = np.full(len(act), -1)
+        for r, c in enumerate(row_coord):
+            c = int(c)
+            row_col[r] = col_of.get(c, col_of.get(src_of.get(c, -1), -1))
+        anc = self.marker_ancestor[:, act // 6] > 0
+        ent_m, ent_r = np.nonzero(anc & (row_col >= 0)[None, :])
+        dst = ent_m * len(a["indep_coord"]) + row_col[ent_r]
+        order = np.argsort(dst, kind="stable")
+        ent_r = ent_r[order]
+        return {
+            "row_coord": row_coord,
+            "row_col": np.maximum(row_col, 0),
+            "row_has_col": row_col >= 0,
+            "ent_marker": ent_m[order],
+            "ent_row": ent_r,
+            "ent_body": act[ent_r] // 6,
+            "ent_rot": act[ent_r] % 6 < 3,
+            "dst": dst[order],
+        }
+
+    @cached_property
     def levels(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per tree depth 1..max: (body indices, their parents). Shape: ((n_d,), (n_d,))."""
         depth = self.arrays["body_depth"]
