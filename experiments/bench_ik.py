@@ -129,7 +129,11 @@ def _parse(argv=None) -> argparse.Namespace:
         "the Markers_<name>.xml next to IK_Setup_Pose2Sim_<name>.xml)",
     )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--xla-flags", help="set XLA_FLAGS before importing jax (echoed in lines)")
+    ap.add_argument(
+        "--xla-flags",
+        help="set XLA_FLAGS exactly (echoed in lines); default: the CLI's CPU flags "
+        "(simspine_jax._xla.CPU_FLAGS) added to the environment's",
+    )
     ap.add_argument(
         "--hang-timeout",
         type=float,
@@ -697,6 +701,10 @@ def main(argv=None) -> int:
     args = _parse(argv)
     if args.xla_flags is not None:
         os.environ["XLA_FLAGS"] = args.xla_flags
+    else:  # what the CLI runs with (simspine_jax._xla); --xla-flags '' times JAX's defaults
+        from simspine_jax._xla import tune_xla_cpu
+
+        tune_xla_cpu()
     _HANG_TIMEOUT[0] = args.hang_timeout
     import jax
 

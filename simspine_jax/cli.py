@@ -184,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from ._xla import tune_xla_cpu
+
+    tune_xla_cpu()  # before the first JAX computation of this process
     try:
         if args.cmd == "export":
             out = export_model(args.osim, args.out, args.markers)

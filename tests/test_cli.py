@@ -111,3 +111,14 @@ def test_crosscheck_opensim_hang_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "cc" / "crosscheck.json").exists()
     if not imported_before:  # (other test modules import it into this process)
         assert "opensim" not in sys.modules
+
+
+def test_tune_xla_cpu_keeps_user_flags():
+    from simspine_jax._xla import CPU_FLAGS, tune_xla_cpu
+
+    env = {"XLA_FLAGS": "--xla_cpu_use_xnnpack=true --foo=1"}
+    out = tune_xla_cpu(env)
+    assert "--xla_cpu_use_xnnpack=true" in out and "--xla_cpu_use_xnnpack=false" not in out
+    assert CPU_FLAGS[0] in out and "--foo=1" in out and env["XLA_FLAGS"] == out
+    assert tune_xla_cpu({"SIMSPINE_JAX_KEEP_XLA_FLAGS": "1"}) == ""
+    assert tune_xla_cpu({}) == " ".join(CPU_FLAGS)
