@@ -589,14 +589,10 @@ def _report(tree, prob: IKProblem, q, opts_status, iterations):
         jnp.eye(n, dtype=q.dtype)
     )
     wmean = jnp.sum(w, 1) / jnp.maximum(jnp.sum(w > 0, 1), 1)
+    # diag(Hr^-1) = column sums of squares of L^-1 (Hr = L L'): one triangular solve
+    L = jnp.linalg.cholesky(Hr)
     eye_b = jnp.broadcast_to(jnp.eye(n, dtype=q.dtype), H.shape)
-    inv_diag = jnp.diagonal(
-        jax.vmap(lambda A, B: jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(A), B))(
-            Hr, eye_b
-        ),
-        axis1=1,
-        axis2=2,
-    )
+    inv_diag = jnp.sum(jax.scipy.linalg.solve_triangular(L, eye_b, lower=True) ** 2, axis=1)
     sens = jnp.where(observed, 1e-3 * jnp.sqrt(jnp.abs(inv_diag) * wmean[:, None]), jnp.inf)
     bad = opts_status == FEW_MARKERS
     return IKResult(
@@ -708,8 +704,9 @@ def make_problem(
 
 
 def _check_dtype(tree: KinematicTree) -> None:
-    # float32 IK is not validated: with x64 on, float64 constants leak into the float32
-    # program; with x64 off the reported marker errors were wrong (bench_ik, 138 mm RMS)
+    # float32 IK is not validated. The FK bugs that made it wrong are fixed (float64 leaks with
+    # x64 on; XLA CPU YNN fusions summing wrongly in float32: tests/test_fk_float32.py), but
+    # the stopping tolerances (tol_step, tol_marker) are float64-sized and untested in float32
     if tree.dtype != jnp.float64:
         raise InputError(
             f"IK needs a float64 tree (got {tree.dtype}): enable it with "
@@ -791,7 +788,21 @@ def solve_ik_batch(
 
 @partial(jax.jit, static_argnames=("opts",))
 def _solve_batch_jit(tree, probs, opts):
-    return jax.vmap(lambda p: _solve_one(tree, p, opts))(probs)
+    return _map_sequences(lambda p: _solve_one(tree, p, opts), probs)
+
+
+CPU_SEQUENCE_GROUP = 8  # sequences vmapped together on CPU (the rest in a sequential map)
+
+
+def _map_sequences(f, probs):
+    """``f`` over the leading (sequence) axis: vmapped on accelerators; on CPU in vmapped
+    groups of CPU_SEQUENCE_GROUP (``lax.map``), since every group's rounds run until its
+    slowest sequence is done (500-frame noisy trials, 2 cores: 1532 frames/s in a batch of 8,
+    738 in a batch of 32 as one vmap)."""
+    if jax.default_backend() != "cpu":
+        return jax.vmap(f)(probs)
+    n = jax.tree_util.tree_leaves(probs)[0].shape[0]
+    return jax.lax.map(f, probs, batch_size=min(n, CPU_SEQUENCE_GROUP))
 
 
 def _solve_batch_exported(tree, probs, opts, cache_dir: Path) -> IKResult:
@@ -818,7 +829,7 @@ def _solve_batch_exported(tree, probs, opts, cache_dir: Path) -> IKResult:
 
         def flat(tl, pl):
             t = KinematicTree.tree_unflatten(topology, tl)
-            return tuple(jax.vmap(lambda p: _solve_one(t, p, opts))(IKProblem(*pl)))
+            return tuple(_map_sequences(lambda p: _solve_one(t, p, opts), IKProblem(*pl)))
 
         exp = export.export(jax.jit(flat))(tree_leaves, prob_leaves)
         from .io import atomic_open
