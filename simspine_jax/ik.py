@@ -90,7 +90,8 @@ class IKOptions:
 
 class IKProblem(NamedTuple):
     """Per-sequence data (a pytree). Shapes: markers (T, M, 3) NaN = missing; frame_valid (T,);
-    marker_weight (M,); coord_index (K,) static-int leaf; coord_weight (K,); coord_target (K,)."""
+    marker_weight (M,); coord_index (K,) static-int leaf; coord_weight (K,); coord_target (T, K)
+    (per frame: constant for default/manual values, from a coordinate file for from_file)."""
 
     markers: jax.Array
     frame_valid: jax.Array
@@ -367,10 +368,10 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
     left, right = jnp.asarray(left), jnp.asarray(right)
     z, w, obs = _frame_inputs(prob.markers, prob.marker_weight[None, :])
     ok = prob.frame_valid & (jnp.sum(obs & (prob.marker_weight > 0), axis=1) >= opts.min_markers)
-    ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
-    init = jax.vmap(lambda q, zz, ww, sk: _lm_init(tree, opts, q, zz, ww, ci, cw, ct, sk))
+    ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target  # ct (T, K)
+    init = jax.vmap(lambda q, zz, ww, tt, sk: _lm_init(tree, opts, q, zz, ww, ci, cw, tt, sk))
     run = jax.vmap(
-        lambda s, zz, ww: _lm_run(tree, opts, s, zz, ww, ci, cw, ct, lo, hi, opts.round_iters)
+        lambda s, zz, ww, tt: _lm_run(tree, opts, s, zz, ww, ci, cw, tt, lo, hi, opts.round_iters)
     )
     mu_warm = jnp.asarray(opts.mu_init_warm, q_start.dtype)
 
@@ -388,17 +389,17 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
         ql, qr = q_ext[left[sel]], q_ext[right[sel]]
         d = qr - ql
         q0 = jnp.where(jnp.abs(d) < 1.0, ql + 0.5 * d, ql)
-        zz, ww = z[sel], w[sel]
+        zz, ww, tt = z[sel], w[sel], ct[sel]
         cur = jax.tree_util.tree_map(lambda a: a[sel], st)
         # (re)build each lane's LM state: a new frame from its warm start, a running one from
         # where it stopped (H and g are recomputed, not stored for every frame)
-        s = init(jnp.where(new[:, None], q0, cur.q), zz, ww, ~ok[sel])
+        s = init(jnp.where(new[:, None], q0, cur.q), zz, ww, tt, ~ok[sel])
         s = s._replace(
             mu=jnp.where(new, mu_warm, cur.mu),
             it=jnp.where(new, 0, cur.it),
             done=jnp.where(new, s.done, cur.done) | ~lane,
         )
-        s = run(s, zz, ww)
+        s = run(s, zz, ww, tt)
         keep = lane.reshape(-1, 1)
         st = _FrameState(
             q=st.q.at[sel].set(jnp.where(keep, s.q, cur.q)),
@@ -412,13 +413,14 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
     coarse = np.nonzero(level == 0)[0]
 
     def coarse_step(q_prev, xs):
-        zz, ww, okk = xs
-        c = _lm_init(tree, opts, q_prev, zz, ww, ci, cw, ct, ~okk)
-        c = _lm_run(tree, opts, c, zz, ww, ci, cw, ct, lo, hi, opts.max_iters)
+        zz, ww, tt, okk = xs
+        c = _lm_init(tree, opts, q_prev, zz, ww, ci, cw, tt, ~okk)
+        c = _lm_run(tree, opts, c, zz, ww, ci, cw, tt, lo, hi, opts.max_iters)
         return jnp.where(okk, c.q, q_prev), c
 
     # the coarse frames, in order (one lane each sequence: they form a chain)
-    _, cs = jax.lax.scan(coarse_step, q_start, (z[coarse], w[coarse], ok[coarse]))
+    xs = (z[coarse], w[coarse], ct[coarse], ok[coarse])
+    _, cs = jax.lax.scan(coarse_step, q_start, xs)
     st0 = _FrameState(
         q=jnp.broadcast_to(q_start, (T, n)).at[coarse].set(cs.q),
         cost=jnp.zeros(T, q_start.dtype).at[coarse].set(cs.cost),
@@ -503,8 +505,8 @@ def _smooth_stage(tree, opts: IKOptions, prob: IKProblem, q_init, ok):
     w = jnp.where(ok[:, None], w, 0.0)  # frames without enough markers: smoothness only
     cw = jnp.where(ok[:, None], prob.coord_weight[None, :], 0.0)
     diag, off1, off2 = _bands(prob.frame_valid, opts.smooth_vel, opts.smooth_acc, q_init.dtype)
-    res = jax.vmap(partial(_residual, tree), in_axes=(0, 0, 0, None, 0, None))
-    res_jac = jax.vmap(partial(_residual_and_jac, tree), in_axes=(0, 0, 0, None, 0, None))
+    res = jax.vmap(partial(_residual, tree), in_axes=(0, 0, 0, None, 0, 0))
+    res_jac = jax.vmap(partial(_residual_and_jac, tree), in_axes=(0, 0, 0, None, 0, 0))
     ci, ct = prob.coord_index, prob.coord_target
     eye = jnp.eye(n, dtype=q_init.dtype)
     # frames beyond the sequence (padding) are pinned by an identity block
@@ -562,7 +564,7 @@ def _report(tree, prob: IKProblem, q, opts_status, iterations):
     z, w, obs = _frame_inputs(prob.markers, prob.marker_weight[None, :])
     ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
 
-    def terms(q, z, w):
+    def terms(q, z, w, ct):
         """One FK + Jacobian pass: model markers, full coordinates, cost, and the weighted
         marker Jacobian (for the sensitivity, coordinate tasks left out)."""
         x, J, qf, _ = marker_jacobian_one(tree, q)
@@ -572,7 +574,7 @@ def _report(tree, prob: IKProblem, q, opts_status, iterations):
         Jm = (J * sw[:, None, None]).reshape(-1, q.shape[0])
         return x, qf, jnp.sum(rm**2) + rc @ rc, Jm
 
-    zhat, qf, cost, J = jax.vmap(terms)(q, z, w)
+    zhat, qf, cost, J = jax.vmap(terms)(q, z, w, ct)
     err = jnp.linalg.norm(zhat - z, axis=-1)
     used = obs & (prob.marker_weight[None, :] > 0)
     err_out = jnp.where(obs, err, jnp.nan)
@@ -627,7 +629,7 @@ def _solve_one(tree: KinematicTree, prob: IKProblem, opts: IKOptions) -> IKResul
         w0,
         prob.coord_index,
         prob.coord_weight,
-        prob.coord_target,
+        prob.coord_target[first],
         lo,
         hi,
     )
@@ -669,8 +671,8 @@ def make_problem(
     as_numpy: bool = False,
 ) -> IKProblem:
     """Build a (padded) IK problem. ``markers`` (T, M, 3) in the tree's marker order, metres,
-    NaN where missing; ``coord_tasks`` = (coord_index (K,), weight (K,), target (K,)) over
-    the full coordinate vector."""
+    NaN where missing; ``coord_tasks`` = (coord_index (K,), weight (K,), target (K,) or
+    (T, K)) over the full coordinate vector (target per frame, e.g. from a coordinate file)."""
     markers = np.asarray(markers, np.float64)
     if markers.ndim != 3 or markers.shape[1:] != (tree.n_marker, 3):
         raise InputError(
@@ -690,7 +692,15 @@ def make_problem(
     if coord_tasks is None:
         ci, cw, ct = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
     else:
-        ci, cw, ct = (np.asarray(a) for a in coord_tasks)
+        ci, cw, ct = (np.asarray(a, np.float64 if k else None) for k, a in enumerate(coord_tasks))
+    K = len(ci)
+    if ct.shape not in ((K,), (T, K)):
+        raise InputError(
+            f"coordinate-task targets must have shape ({K},) or ({T}, {K}), got {ct.shape}",
+            field="coord_tasks",
+        )
+    ct = np.broadcast_to(ct, (T, K))
+    ct = np.concatenate([ct, np.broadcast_to(ct[-1:], (L - T, K))], 0)  # padding: last row
     dt = np.dtype(tree.dtype)
     xp = np if as_numpy else jnp
     return IKProblem(
@@ -763,15 +773,23 @@ def solve_ik_batch(
 
     ``cache_dir``: keep the traced solver there (``jax.export``, keyed by model structure,
     options, shapes, dtype and the solver's source), so a new process skips tracing and, with
-    JAX's persistent compilation cache, compilation too (used by the CLI)."""
+    JAX's persistent compilation cache, compilation too (used by the CLI).
+    ``coord_tasks``: one (index, weight, target) tuple for every sequence, or a list with one
+    tuple per sequence (same index and weight; e.g. per-frame targets from coordinate files)."""
     if not sequences:
         return []
     _check_dtype(tree)
     options = _resolve(options)
     L = bucket_length(max(int(np.shape(s)[0]) for s in sequences), options.chunk)
+    tasks = coord_tasks if isinstance(coord_tasks, list) else [coord_tasks] * len(sequences)
+    if len(tasks) != len(sequences):
+        raise InputError(
+            f"{len(tasks)} coordinate-task tuples for {len(sequences)} sequences",
+            field="coord_tasks",
+        )
     probs = [
-        make_problem(tree, s, marker_weight, coord_tasks, length=L, as_numpy=True)
-        for s in sequences
+        make_problem(tree, s, marker_weight, t, length=L, as_numpy=True)
+        for s, t in zip(sequences, tasks, strict=True)
     ]
     # stack and slice in numpy: jnp ops on many small shapes would each compile
     stacked = jax.tree_util.tree_map(lambda *a: np.stack(a), *probs)

@@ -8,8 +8,11 @@ the way OpenSim's ``InverseKinematicsTool`` does:
   task gets weight 0 (OpenSim's marker reference ignores it);
 * an ``IKCoordinateTask`` whose ``apply`` is true adds ``weight * (q_c - target)^2`` to the cost,
   with ``target`` the model coordinate's default (``default_value``) or the task's ``value``
-  (``manual_value``, in OpenSim's internal units: radians or metres).
-  ``from_file`` (targets from ``coordinate_file``) is not supported yet.
+  (``manual_value``, in OpenSim's internal units: radians or metres), or per frame the value
+  of the coordinate's column in the setup's ``coordinate_file`` (``from_file``), interpolated
+  linearly at the marker frames' times. OpenSim fits a quintic GCV spline through that file:
+  both give the file's own values at its sample times (the usual case: a coordinate file from
+  an earlier IK of the same trial) and differ slightly between samples.
 """
 
 from __future__ import annotations
@@ -272,16 +275,20 @@ def marker_weight_vector(setup: IKSetup, tree, trc_marker_names) -> tuple[np.nda
     return weights, present
 
 
-def coordinate_task_arrays(setup: IKSetup, tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def coordinate_task_arrays(
+    setup: IKSetup, tree, times=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Coordinate tasks as arrays over the tree's full coordinate vector.
 
     Returns ``coord_index`` (K,) int64 into ``tree.coordinate_names``, ``weight`` (K,) and
-    ``target`` (K,) float64 (radians or metres).
+    ``target`` float64 (radians or metres): (K,), or (T, K) when a task is ``from_file``, which
+    needs the marker frames' ``times`` (T,) in seconds.
     """
     names = list(tree.coordinate_names)
     cidx = {n: i for i, n in enumerate(names)}
     default = np.asarray(tree.coord_default, np.float64)
     idx, w, tgt = [], [], []
+    table = None
     for task in setup.coordinate_tasks:
         field = f"IKCoordinateTask {task.name}"
         if task.name not in cidx:
@@ -289,18 +296,81 @@ def coordinate_task_arrays(setup: IKSetup, tree) -> tuple[np.ndarray, np.ndarray
                 f"coordinate '{task.name}' is not in the model", path=setup.path, field=field
             )
         i = cidx[task.name]
-        if task.value_type == "from_file":
-            raise InputError(
-                "value_type from_file (targets from coordinate_file) is not supported yet; "
-                "use default_value or manual_value",
-                path=setup.path,
-                field=f"{field}/value_type",
-            )
         idx.append(i)
         w.append(task.weight)
-        tgt.append(default[i] if task.value_type == "default_value" else task.value)
+        if task.value_type == "from_file":
+            if table is None:
+                table = _coordinate_file(setup, times, field)
+            tgt.append(_file_targets(table, task.name, tree, i, np.asarray(times, np.float64)))
+        else:
+            tgt.append(default[i] if task.value_type == "default_value" else task.value)
+    if table is not None:  # per frame: constant targets repeat
+        T = len(times)
+        tgt = [np.broadcast_to(np.asarray(t, np.float64), (T,)) for t in tgt]
+        return (
+            np.asarray(idx, np.int64),
+            np.asarray(w, np.float64),
+            np.stack(tgt, -1) if tgt else np.zeros((T, 0)),
+        )
     return (
         np.asarray(idx, np.int64),
         np.asarray(w, np.float64),
         np.asarray(tgt, np.float64),
     )
+
+
+def _coordinate_file(setup: IKSetup, times, field: str):
+    """The setup's ``coordinate_file`` as a StorageData (for from_file tasks)."""
+    from .io import read_storage
+
+    path = setup.resolve(setup.coordinate_file)
+    if path is None:
+        raise InputError(
+            "value_type from_file needs the setup's coordinate_file, which is not set",
+            path=setup.path,
+            field=f"{field}/value_type",
+        )
+    if times is None:
+        raise InputError(
+            "value_type from_file needs the marker frames' times to read coordinate_file at",
+            path=setup.path,
+            field=f"{field}/value_type",
+        )
+    if not path.is_file():
+        raise InputError(
+            f"coordinate_file {path} not found", path=setup.path, field="coordinate_file"
+        )
+    return read_storage(path)
+
+
+def _file_targets(table, name: str, tree, i: int, times: np.ndarray) -> np.ndarray:
+    """Column ``name`` of a coordinate file in radians or metres, linearly interpolated at
+    ``times``. Shape: (T,)."""
+    cols = {c: k for k, c in enumerate(table.labels)}
+    # a plain column name (.mot from IK) or a state path ending in /<name>/value (.sto)
+    k = cols.get(name)
+    if k is None:
+        k = next((v for c, v in cols.items() if c.endswith(f"/{name}/value")), None)
+    if k is None:
+        raise InputError(f"no column for coordinate '{name}'", path=table.path, field=name)
+    v = table.values[:, k].astype(np.float64)
+    bad = np.nonzero(~np.isfinite(v))[0]
+    if bad.size:
+        raise InputError(
+            "value is not a finite number", path=table.path, frame=int(bad[0]), field=name
+        )
+    # OpenSim converts rotational coordinates of an inDegrees=yes file (coupled ones stay as
+    # written, the convention its IK writes them in)
+    if table.in_degrees and tree.meta["coordinates"][i]["motion_type"] == "rotational":
+        v = np.deg2rad(v)
+    t = table.time
+    outside = np.nonzero((times < t[0] - 1e-9) | (times > t[-1] + 1e-9))[0]
+    if outside.size:
+        raise InputError(
+            f"marker time {times[outside[0]]:.6g} s is outside the coordinate file's time range "
+            f"[{t[0]:.6g}, {t[-1]:.6g}] s",
+            path=table.path,
+            frame=int(outside[0]),
+            field="time",
+        )
+    return np.interp(times, t, v)

@@ -138,7 +138,8 @@ def run_ik_files(
     if setup is not None:
         ik_setup = read_ik_setup(setup)
         weights, _ = marker_weight_vector(ik_setup, tree, trials[0].marker_names)
-        tasks = coordinate_task_arrays(ik_setup, tree)
+        # per trial: from_file targets are read at each trial's own frame times
+        tasks = [coordinate_task_arrays(ik_setup, tree, times=t.time) for t in trials]
     else:
         weights, tasks = np.ones(tree.n_marker), None
     opts = IKOptions(smooth_vel=smooth_vel, smooth_acc=smooth_acc)
@@ -248,7 +249,8 @@ def frame_costs(tree, q_indep, markers, weights, tasks) -> np.ndarray:
         qf = np.asarray(full_coordinates(tree, jnp.asarray(q_indep)))
         ci, cw, ct = (np.asarray(a) for a in tasks)
         W = np.sum(np.where(w > 0, w, 0.0), 1)  # OpenSim's task scale (see ik._residual)
-        cost = cost + W * np.sum(cw[None] * (qf[:, ci] - ct[None]) ** 2, 1)
+        ct = np.broadcast_to(ct, qf[:, ci].shape)  # (K,) or per frame (T, K)
+        cost = cost + W * np.sum(cw[None] * (qf[:, ci] - ct) ** 2, 1)
     return cost
 
 
@@ -293,7 +295,7 @@ def crosscheck(
     if setup is not None:
         s = read_ik_setup(setup)
         weights, _ = marker_weight_vector(s, tree, data.marker_names)
-        tasks = coordinate_task_arrays(s, tree)
+        tasks = coordinate_task_arrays(s, tree, times=data.time)
     else:
         weights = np.array([float(n in data.marker_names) for n in tree.marker_names])
         tasks = None
@@ -360,8 +362,13 @@ def crosscheck(
         coordinate_tasks=None
         if tasks is None
         else [
-            dict(coordinate=tree.coordinate_names[int(c)], weight=float(w), target=float(t))
-            for c, w, t in zip(*tasks, strict=True)
+            # target: a number, or "per_frame" (a setup with from_file tasks)
+            dict(
+                coordinate=tree.coordinate_names[int(c)],
+                weight=float(w),
+                target=float(np.asarray(tasks[2])[k]) if np.ndim(tasks[2]) == 1 else "per_frame",
+            )
+            for k, (c, w) in enumerate(zip(tasks[0], tasks[1], strict=True))
         ],
     )
     from .io import atomic_write_text

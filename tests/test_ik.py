@@ -216,3 +216,28 @@ def test_cyclic_reduction_matches_thomas_in_smoothing(two_link_trial):
     assert np.sqrt(np.mean((np.asarray(a.q) - q_true) ** 2)) < 0.02
     with pytest.raises(InputError, match="banded"):
         solve_ik(tree, z, options=IKOptions(banded="dense"))
+
+
+def test_per_frame_coordinate_task_targets(two_link_trial):
+    """A from_file-style task: targets per frame pull coordinate 0 onto them (strong weight),
+    and the batch API takes one task tuple per sequence."""
+    tree, q_true, z = two_link_trial
+    T = len(z)
+    target = q_true[:, 0] + 0.3  # off the markers' answer, so the task visibly wins
+    ci = np.array([tree.coordinate_names.index(tree.independent_names[0])])
+    tasks = (ci, np.array([1e4]), target[:, None])
+    res = solve_ik(tree, z, coord_tasks=tasks, options=IKOptions(min_markers=2))
+    np.testing.assert_allclose(np.asarray(res.q)[:, 0], target, atol=2e-3)
+    free = solve_ik(tree, z, options=IKOptions(min_markers=2))
+    assert np.max(np.abs(np.asarray(free.q)[:, 0] - q_true[:, 0])) < 0.05
+    # batch: per-sequence targets; the second sequence is a 100-frame excerpt
+    out = solve_ik_batch(
+        tree,
+        [z, z[:100]],
+        coord_tasks=[tasks, (ci, np.array([1e4]), target[:100, None])],
+        options=IKOptions(min_markers=2),
+    )
+    np.testing.assert_allclose(np.asarray(out[0].q), np.asarray(res.q), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out[1].q)[:, 0], target[:100], atol=2e-3)
+    with pytest.raises(InputError, match="shape"):
+        solve_ik(tree, z, coord_tasks=(ci, np.array([1.0]), np.zeros((T - 1, 1))))

@@ -643,3 +643,46 @@ def test_cli_ik_no_matching_markers(tree, workdir, capsys):
     assert main(["ik", "--model", str(NPZ), "--trc", str(bad), "-o", str(workdir / "x")]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "no TRC marker matches" in err, err
+
+
+# ----------------------------------------------------------------------------- from_file tasks
+def test_from_file_coordinate_task_matches_opensim(tree, trials, workdir):
+    """IKCoordinateTask with value_type from_file: both solvers read the same coordinate file
+    (degrees, the trial's own frame times) and agree; the task visibly pulls ours."""
+    from simspine_jax.io import write_storage
+
+    tr, n = trials["clean"]["trial"], 10
+    d = workdir / "from_file"
+    d.mkdir(exist_ok=True)
+    trc = write_trc(d / "ff.trc", tree.marker_names, tr["time"][:n], tr["markers"][:n], units="mm")
+    i = list(tree.independent_names).index("L5_S1_Flex_Ext")
+    target_deg = np.rad2deg(tr["q_true"][:n, i]) + 4.0
+    write_storage(
+        d / "coords.mot", ["L5_S1_Flex_Ext"], tr["time"][:n], target_deg[:, None], in_degrees=True
+    )
+    tasks = "".join(
+        f'<IKMarkerTask name="{m}"><apply>true</apply><weight>1</weight></IKMarkerTask>'
+        for m in tree.marker_names
+    )
+    tasks += (
+        '<IKCoordinateTask name="L5_S1_Flex_Ext"><apply>true</apply><weight>5</weight>'
+        "<value_type>from_file</value_type></IKCoordinateTask>"
+    )
+    setup = d / "setup.xml"
+    setup.write_text(
+        '<?xml version="1.0" encoding="UTF-8" ?>\n<OpenSimDocument Version="40500">\n'
+        '<InverseKinematicsTool name="ff"><accuracy>1e-05</accuracy>'
+        "<coordinate_file>coords.mot</coordinate_file>"
+        f"<IKTaskSet><objects>{tasks}</objects><groups /></IKTaskSet>"
+        "</InverseKinematicsTool>\n</OpenSimDocument>\n"
+    )
+    rep = crosscheck(OSIM, trc, d / "out", setup=setup, markers=MARKERS, plot=False)
+    assert rep["coordinate_tasks"][0]["target"] == "per_frame"
+    assert rep["frames_where_ours_costs_more_than_2pct"] == 0, rep["ours"]["frame_costs"]
+    c = rep["coordinates"]["L5_S1_Flex_Ext"]
+    assert c["rms"] < COORD_TOL, c
+    # without a working task both would sit on the truth; the +4 deg targets moved ours
+    ci, cw, ct = coordinate_task_arrays(read_ik_setup(setup), tree, times=tr["time"][:n])
+    res = solve_ik(tree, tr["markers"][:n], None, (ci, cw, ct))
+    shift = np.rad2deg(np.asarray(res.q)[:, i] - tr["q_true"][:n, i])
+    assert 1.0 < shift.mean() < 4.0, shift

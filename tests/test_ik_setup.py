@@ -39,8 +39,6 @@ HALPE26_WEIGHTS = {
 }
 
 
-
-
 @pytest.fixture(scope="module")
 def tree(setup_dir):
     return load_model(
@@ -170,12 +168,71 @@ def test_coordinate_task_values(tmp_path, tree):
     np.testing.assert_allclose(target, [-1.57, 0.3, 0.0])
 
 
-def test_from_file_is_not_supported(tmp_path, tree):
-    p = _write_setup(tmp_path, _coord_task("L5_S1_Flex_Ext", 1.0, "from_file"))
-    s = read_ik_setup(p)  # parsing is fine; using it is not (yet)
-    with pytest.raises(InputError, match="from_file.*not supported") as e:
-        coordinate_task_arrays(s, tree)
-    assert str(p) in str(e.value) and "IKCoordinateTask L5_S1_Flex_Ext" in str(e.value)
+def _coordinate_file(tmp_path, tree, name="coords.mot"):
+    """A coordinate file at 10 Hz: a rotational, a coupled and a translational coordinate."""
+    from simspine_jax.io import write_storage
+
+    t = np.arange(6) * 0.1
+    cols = ["L5_S1_Flex_Ext", "knee_angle_r_beta", "pelvis_tx"]
+    assert all(c in tree.coordinate_names for c in cols)
+    vals = np.stack([10.0 * t, 0.2 + t, 0.5 - t], -1)  # deg, rad (coupled), m
+    return write_storage(tmp_path / name, cols, t, vals, in_degrees=True), t, vals
+
+
+def test_from_file_targets_per_frame(tmp_path, tree):
+    _coordinate_file(tmp_path, tree)
+    tasks = "".join(
+        [
+            _coord_task("L5_S1_Flex_Ext", 2.0, "from_file"),
+            _coord_task("knee_angle_r_beta", 1.0, "from_file"),
+            _coord_task("pelvis_tx", 1.0, "from_file"),
+            _coord_task("L5_S1_Lat_Bending", 0.5, "manual_value", 0.25),
+        ]
+    )
+    s = read_ik_setup(
+        _write_setup(tmp_path, tasks, "<coordinate_file>coords.mot</coordinate_file>")
+    )
+    times = np.array([0.0, 0.05, 0.1, 0.5])  # on and between the file's samples, both ends
+    idx, w, target = coordinate_task_arrays(s, tree, times=times)
+    names = [tree.coordinate_names[i] for i in idx]
+    assert names == ["L5_S1_Flex_Ext", "knee_angle_r_beta", "pelvis_tx", "L5_S1_Lat_Bending"]
+    np.testing.assert_allclose(w, [2.0, 1.0, 1.0, 0.5])
+    assert target.shape == (4, 4)
+    # rotational: degrees -> radians; coupled stays as written (OpenSim's IK convention);
+    # translational in metres; linear between samples; a constant task repeats per frame
+    np.testing.assert_allclose(target[:, 0], np.deg2rad(10.0 * times), atol=1e-12)
+    np.testing.assert_allclose(target[:, 1], 0.2 + times, atol=1e-12)
+    np.testing.assert_allclose(target[:, 2], 0.5 - times, atol=1e-12)
+    np.testing.assert_allclose(target[:, 3], 0.25)
+
+
+@pytest.mark.parametrize(
+    "extra, times, match",
+    [
+        ("", np.zeros(2), "needs the setup's coordinate_file"),
+        ("<coordinate_file>coords.mot</coordinate_file>", None, "needs the marker frames' times"),
+        ("<coordinate_file>nowhere.mot</coordinate_file>", np.zeros(2), "not found"),
+        (
+            "<coordinate_file>coords.mot</coordinate_file>",
+            np.array([0.0, 0.3, 0.7]),
+            r"frame 2.*marker time 0\.7 s is outside .*\[0, 0\.5\] s",
+        ),
+    ],
+)
+def test_from_file_errors(tmp_path, tree, extra, times, match):
+    _coordinate_file(tmp_path, tree)
+    p = _write_setup(tmp_path, _coord_task("L5_S1_Flex_Ext", 1.0, "from_file"), extra)
+    with pytest.raises(InputError, match=match):
+        coordinate_task_arrays(read_ik_setup(p), tree, times=times)
+
+
+def test_from_file_missing_column(tmp_path, tree):
+    _coordinate_file(tmp_path, tree)
+    extra = "<coordinate_file>coords.mot</coordinate_file>"
+    p = _write_setup(tmp_path, _coord_task("hip_flexion_r", 1.0, "from_file"), extra)
+    with pytest.raises(InputError, match="no column for coordinate 'hip_flexion_r'") as e:
+        coordinate_task_arrays(read_ik_setup(p), tree, times=np.zeros(1))
+    assert "coords.mot" in str(e.value)
 
 
 def test_unknown_coordinate_is_an_error(tmp_path, tree):

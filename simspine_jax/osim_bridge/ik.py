@@ -200,7 +200,14 @@ def run_opensim_ik(
     tool.setModel(model)
     tool.set_model_file(str(osim_path))
     tool.setMarkerDataFileName(str(trc_path))
-    tool.setCoordinateFileName("")
+    coord_file = ""
+    if setup_xml is not None:  # from_file coordinate tasks read it: keep it, made absolute
+        from ..ik_setup import read_ik_setup
+
+        setup = read_ik_setup(setup_xml)
+        if setup.coordinate_file is not None:
+            coord_file = str(setup.resolve(setup.coordinate_file))
+    tool.setCoordinateFileName(coord_file)
     tool.setStartTime(t0)
     tool.setEndTime(t1)
     tool.set_accuracy(float(accuracy))
