@@ -32,8 +32,8 @@ Prints one JSON line per measurement (progress notes go to stderr):
   M.npz --trc T.trc -o out`` (float64, lambda = 0): ``run: "cold"`` with an empty persistent
   compilation cache (``SIMSPINE_JAX_CACHE`` in a temporary folder), then ``run: "warm"`` reusing
   it; ``total_s`` is the wall time of the whole process. ``impl: "opensim"``: OpenSim's
-  ``total_s`` (model load + ``tool.run()`` + reading results back), ``import_s`` (``import
-  opensim``) and ``process_s`` (its whole child process, Python start and imports included).
+  ``total_s`` (model load + ``tool.run()`` + reading results back) and ``process_s`` (its whole
+  child process, Python start and ``import opensim`` included).
 * ``bench: "ik_ratio"``: per trial, JAX frames/s / OpenSim frames/s for lambda = 0 (float64
   and float32), with smoothing, for the best batched throughput, and the CLI totals.
 
@@ -51,8 +51,8 @@ float64 solve of the clean trial then took 9.6 s instead of 1.1 s, and in 3 of a
 solve never returned: the main thread waited in ``block_until_ready`` while every Eigen
 thread-pool worker slept in ``WaitForWork`` (gdb), like the wedged XLA CPU Eigen pool reported
 upstream (workaround there: ``--xla-flags --xla_cpu_multi_thread_eigen=false``). So each
-OpenSim run is a child process (``--opensim-worker``), and ``--hang-timeout`` turns a hang
-into an error instead of a silent wait.
+OpenSim run is a child process (``osim_bridge.ik.run_opensim_ik_subprocess``, as the
+crosscheck does), and ``--hang-timeout`` turns a hang into an error instead of a silent wait.
 
     python experiments/bench_ik.py [--quick] [--frames N] [--setup XML|halpe26] [--no-opensim]
 """
@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -173,21 +174,6 @@ def _load_avg() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:  # pragma: no cover - platform without getloadavg
         return []
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """Send fd 1 to stderr (OpenSim's C++ prints model summaries on stdout): the JSON lines
-    stay the only thing on stdout."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _git_state() -> dict:
@@ -335,65 +321,22 @@ def make_trials(tree, names, frames: int, seed: int, out_dir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- OpenSim
-def _opensim_worker(cfg: dict) -> int:
-    """Child process: one ``run_opensim_ik``; arrays to ``cfg['npz']``, timings as JSON on
-    stdout. OpenSim runs apart from XLA: in one process, XLA solves of the clean trial ran up
-    to 8x slower after OpenSim had run, and some never returned (see the module doc)."""
-    import numpy as np
-
-    from simspine_jax.osim_bridge import import_opensim
-    from simspine_jax.osim_bridge.ik import run_opensim_ik
-
-    with _stdout_to_stderr():
-        t0 = time.perf_counter()
-        osim = import_opensim()
-        import_s = time.perf_counter() - t0
-        r = run_opensim_ik(
-            cfg["osim"],
-            cfg["trc"],
-            cfg["setup"],
-            markers=cfg["markers"],
-            out_dir=cfg["out_dir"],
-            name=cfg["name"],
-        )
-    np.savez(cfg["npz"], q_full=r["q_full"], marker_rms=r["marker_rms"], marker_max=r["marker_max"])
-    keys = ("wall_s", "cpu_s", "total_s", "accuracy", "n_frames")
-    out = {k: r[k] for k in keys}
-    out.update(import_s=import_s, opensim_version=getattr(osim, "__version__", "?"))
-    print(json.dumps(out), flush=True)
-    return 0
-
-
 def _run_opensim_child(args, name, trial, osim_markers, setup, k: int) -> dict:
-    """One OpenSim IK run in a fresh process. Returns its timings and arrays."""
-    import numpy as np
+    """One OpenSim IK run in a fresh process (the library's
+    :func:`~simspine_jax.osim_bridge.ik.run_opensim_ik_subprocess`): its timings and arrays."""
+    import math
 
-    work = Path(trial["trc"]).parent / f"opensim_{name}"
-    work.mkdir(parents=True, exist_ok=True)
-    cfg = dict(
-        osim=str(args.osim),
-        trc=str(trial["trc"]),
-        setup=None if setup is None else str(setup),
-        markers=str(osim_markers),
-        out_dir=str(work),
+    from simspine_jax.osim_bridge.ik import run_opensim_ik_subprocess
+
+    return run_opensim_ik_subprocess(
+        args.osim,
+        trial["trc"],
+        setup,
+        out_dir=Path(trial["trc"]).parent / f"opensim_{name}",
+        markers=osim_markers,
         name=f"{name}_{k}",
-        npz=str(work / f"{name}_{k}.npz"),
+        timeout_s=args.hang_timeout or math.inf,
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--opensim-worker", json.dumps(cfg)]
-    t0 = time.perf_counter()
-    p = subprocess.run(
-        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.hang_timeout or None
-    )
-    process_s = time.perf_counter() - t0
-    if p.returncode:
-        raise RuntimeError(f"OpenSim worker failed ({p.returncode}): {p.stderr[-3000:]}")
-    res = json.loads(p.stdout.strip().splitlines()[-1])
-    with np.load(cfg["npz"]) as z:
-        res.update({k: z[k] for k in z.files})
-    res["process_s"] = process_s
-    return res
 
 
 def bench_opensim(args, name, trial, tree64, weights, tasks, osim_markers, setup, base):
@@ -436,10 +379,9 @@ def bench_opensim(args, name, trial, tree64, weights, tasks, osim_markers, setup
         cpu_s=med("cpu_s"),
         setup_s=statistics.median(x["total_s"] - x["wall_s"] for x in runs),
         total_s=med("total_s"),
-        import_s=med("import_s"),
         process_s=med("process_s"),
         accuracy=r["accuracy"],
-        opensim_version=r["opensim_version"],
+        opensim_version=importlib.metadata.version("opensim"),
         repeats=len(runs),
         load_avg=_load_avg(),
         **checks,
@@ -679,7 +621,6 @@ def bench_cli(args, name, trial, tree_markers, setup, base, device, opensim_rec)
             total_s=opensim_rec["total_s"],
             frames_per_s=trial["frames"] / opensim_rec["total_s"],
             marker_rms_mm=opensim_rec["marker_rms_mm"],
-            import_s=opensim_rec["import_s"],
             process_s=opensim_rec["process_s"],
             device=opensim_rec["device"],
             load_avg=_load_avg(),
@@ -696,8 +637,6 @@ def _ratio(a, b):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["--opensim-worker"]:
-        return _opensim_worker(json.loads(argv[1]))
     args = _parse(argv)
     if args.xla_flags is not None:
         os.environ["XLA_FLAGS"] = args.xla_flags

@@ -148,8 +148,9 @@ def _residual(tree: KinematicTree, q, z, w, ci, cw, ct):
     return jnp.concatenate([rm.reshape(-1), rc])
 
 
-def _residual_and_jac(tree: KinematicTree, q, z, w, ci, cw, ct):
-    """Residual (3M + K,) and its analytic Jacobian (3M + K, n_indep) for one frame."""
+def _frame_terms(tree: KinematicTree, q, z, w, ci, cw, ct):
+    """One FK + Jacobian pass for one frame: model markers x (M, 3), full coordinates (n_coord,),
+    residual (3M + K,) and its analytic Jacobian (3M + K, n_indep); marker rows first."""
     x, J, qf, G = marker_jacobian_one(tree, q)
     sw = jnp.sqrt(w)
     rm = ((x - z) * sw[:, None]).reshape(-1)
@@ -157,7 +158,12 @@ def _residual_and_jac(tree: KinematicTree, q, z, w, ci, cw, ct):
     scw = jnp.sqrt(cw * jnp.sum(w))  # OpenSim's task scale: see _residual
     rc = scw * (qf[ci] - ct)
     Jc = scw[:, None] * G[ci]
-    return jnp.concatenate([rm, rc]), jnp.concatenate([Jm, Jc], 0)
+    return x, qf, jnp.concatenate([rm, rc]), jnp.concatenate([Jm, Jc], 0)
+
+
+def _residual_and_jac(tree: KinematicTree, q, z, w, ci, cw, ct):
+    """Residual (3M + K,) and its analytic Jacobian (3M + K, n_indep) for one frame."""
+    return _frame_terms(tree, q, z, w, ci, cw, ct)[2:]
 
 
 def _frame_inputs(z, w):
@@ -191,10 +197,10 @@ class _LMState(NamedTuple):
 
 
 class _FrameState(NamedTuple):
-    """LM progress of every frame of a sequence. Shapes: q (T, n); cost, mu, it, done (T,)."""
+    """LM progress of every frame of a sequence (what a lane needs to resume a frame; H, g and
+    the cost are recomputed). Shapes: q (T, n); mu, it, done (T,)."""
 
     q: jax.Array
-    cost: jax.Array
     mu: jax.Array
     it: jax.Array
     done: jax.Array
@@ -326,6 +332,11 @@ def _robust_start(tree, opts, q_default, z, w, ci, cw, ct, lo, hi):
     return qs[jnp.argmin(size)]
 
 
+def _lanes(mask, like):
+    """A per-lane mask (W,) shaped to broadcast against ``like`` (W, ...)."""
+    return mask.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
 def _schedule(T: int, S: int):
     """Static coarse-to-fine order of a T-frame sequence (T a multiple of 2 S, S a power of 2).
 
@@ -401,13 +412,9 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
             done=jnp.where(new, s.done, cur.done) | ~lane,
         )
         s = run(s, zz, ww, tt)
-        keep = lane.reshape(-1, 1)
-        st = _FrameState(
-            q=st.q.at[sel].set(jnp.where(keep, s.q, cur.q)),
-            cost=st.cost.at[sel].set(jnp.where(lane, s.cost, cur.cost)),
-            mu=st.mu.at[sel].set(jnp.where(lane, s.mu, cur.mu)),
-            it=st.it.at[sel].set(jnp.where(lane, s.it, cur.it)),
-            done=st.done.at[sel].set(jnp.where(lane, s.done, cur.done)),
+        new_st = _FrameState(s.q, s.mu, s.it, s.done)
+        st = jax.tree_util.tree_map(
+            lambda a, b, c: a.at[sel].set(jnp.where(_lanes(lane, b), b, c)), st, new_st, cur
         )
         return st, started.at[sel].set(started[sel] | lane)
 
@@ -424,7 +431,6 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
     _, cs = jax.lax.scan(coarse_step, q_start, xs)
     st0 = _FrameState(
         q=jnp.broadcast_to(q_start, (T, n)).at[coarse].set(cs.q),
-        cost=jnp.zeros(T, q_start.dtype).at[coarse].set(cs.cost),
         mu=jnp.zeros(T, q_start.dtype).at[coarse].set(cs.mu),
         it=jnp.zeros(T, jnp.int32).at[coarse].set(cs.it),
         done=jnp.zeros(T, bool).at[coarse].set(cs.done),
@@ -563,19 +569,11 @@ def _smooth_stage(tree, opts: IKOptions, prob: IKProblem, q_init, ok):
 # ----------------------------------------------------------------------------- reporting
 def _report(tree, prob: IKProblem, q, opts_status, iterations):
     z, w, obs = _frame_inputs(prob.markers, prob.marker_weight[None, :])
-    ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
-
-    def terms(q, z, w, ct):
-        """One FK + Jacobian pass: model markers, full coordinates, cost, and the weighted
-        marker Jacobian (for the sensitivity, coordinate tasks left out)."""
-        x, J, qf, _ = marker_jacobian_one(tree, q)
-        sw = jnp.sqrt(w)
-        rm = (x - z) * sw[:, None]
-        rc = jnp.sqrt(cw * jnp.sum(w)) * (qf[ci] - ct)  # OpenSim's task scale: see _residual
-        Jm = (J * sw[:, None, None]).reshape(-1, q.shape[0])
-        return x, qf, jnp.sum(rm**2) + rc @ rc, Jm
-
-    zhat, qf, cost, J = jax.vmap(terms)(q, z, w, ct)
+    ci, cw = prob.coord_index, prob.coord_weight
+    terms = jax.vmap(lambda q, z, w, ct: _frame_terms(tree, q, z, w, ci, cw, ct))
+    zhat, qf, r, J = terms(q, z, w, prob.coord_target)  # one FK + Jacobian pass per frame
+    cost = jnp.sum(r**2, 1)
+    J = J[:, : 3 * z.shape[1]]  # marker rows only: the sensitivity leaves coordinate tasks out
     err = jnp.linalg.norm(zhat - z, axis=-1)
     used = obs & (prob.marker_weight[None, :] > 0)
     err_out = jnp.where(obs, err, jnp.nan)
@@ -614,7 +612,6 @@ def _report(tree, prob: IKProblem, q, opts_status, iterations):
 
 # ----------------------------------------------------------------------------- public
 def _solve_one(tree: KinematicTree, prob: IKProblem, opts: IKOptions) -> IKResult:
-    z, w, _ = _frame_inputs(prob.markers[0], prob.marker_weight)
     q_default = tree.coord_default[tree.topology.indep_coord].astype(prob.markers.dtype)
     lo, hi = _bounds(tree)
     q_default = jnp.clip(q_default, lo, hi)
@@ -634,7 +631,6 @@ def _solve_one(tree: KinematicTree, prob: IKProblem, opts: IKOptions) -> IKResul
         lo,
         hi,
     )
-    del z, w
     q, it, status, ok = _per_frame_stage(tree, opts, prob, q_start)
     if opts.smooth_vel > 0 or opts.smooth_acc > 0:
         # fill frames that could not be solved from their neighbours before smoothing
