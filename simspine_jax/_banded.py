@@ -1,6 +1,6 @@
 """Solvers for symmetric positive definite block-tridiagonal systems.
 
-Convention (the same as ``simspine_jax.ik.block_tridiag_solve``), for rows i = 0..N-1::
+Convention (both solvers), for rows i = 0..N-1::
 
     A_i x_{i-1} + B_i x_i + C_i x_{i+1} = d_i        (A_0 and C_{N-1} are ignored)
 
@@ -8,7 +8,7 @@ with A_i = C_{i-1}^T and the whole matrix SPD. Shapes: A, B, C (*batch, N, m, m)
 
 Two algorithms:
 
-* Thomas / block Cholesky (``ik.block_tridiag_solve``): one forward and one backward
+* Thomas / block Cholesky (:func:`block_tridiag_solve`): one forward and one backward
   ``lax.scan`` over the N blocks. Fewest flops, but N sequential steps.
 * Block cyclic reduction (:func:`cyclic_reduction_solve`): log2(N) levels, each eliminating
   every other row with one batched Cholesky over all blocks of the level. About three times the
@@ -22,9 +22,41 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["banded_solve", "cyclic_reduction_solve"]
+__all__ = ["banded_solve", "block_tridiag_solve", "cyclic_reduction_solve"]
 
 _ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def block_tridiag_solve(A, B, C, d):
+    """Solve a block-tridiagonal SPD system by block Cholesky/Thomas in a ``lax.scan``.
+
+    Row i: A_i x_{i-1} + B_i x_i + C_i x_{i+1} = d_i (A_0, C_{N-1} ignored).
+    Shapes: A, B, C (N, m, m); d (N, m) -> x (N, m).
+    """
+
+    def fwd(carry, xs):
+        Cp, dp = carry
+        Ai, Bi, Ci, di = xs
+        S = Bi - Ai @ Cp
+        cf = jax.scipy.linalg.cho_factor(S)
+        Cn = jax.scipy.linalg.cho_solve(cf, Ci)
+        dn = jax.scipy.linalg.cho_solve(cf, di - Ai @ dp)
+        return (Cn, dn), (Cn, dn)
+
+    m = B.shape[-1]
+    zero_c = jnp.zeros((m, m), B.dtype)
+    zero_d = jnp.zeros((m,), B.dtype)
+    A = A.at[0].set(zero_c)
+    C = C.at[-1].set(zero_c)
+    _, (Cs, ds) = jax.lax.scan(fwd, (zero_c, zero_d), (A, B, C, d))
+
+    def bwd(x_next, xs):
+        Ci, di = xs
+        x = di - Ci @ x_next
+        return x, x
+
+    _, xs = jax.lax.scan(bwd, zero_d, (Cs, ds), reverse=True)
+    return xs
 
 
 def _shift_right(X: jax.Array) -> jax.Array:
@@ -138,7 +170,7 @@ def banded_solve(
 
     ``method``:
 
-    * ``"thomas"``: block Cholesky forward/backward ``lax.scan`` (``ik.block_tridiag_solve``).
+    * ``"thomas"``: block Cholesky forward/backward ``lax.scan`` (:func:`block_tridiag_solve`).
       On a CPU it is the better choice: it does about a third of the flops of cyclic reduction,
       and a CPU runs either algorithm's (m x m) kernels one after another anyway (N = 256,
       m = 80, float64 on 2 cores: Thomas ~60 ms, cyclic reduction ~150 ms).
@@ -158,7 +190,5 @@ def banded_solve(
     if method == "cyclic":
         return cyclic_reduction_solve(A, B, C, d)
     if method == "thomas":
-        from simspine_jax.ik import block_tridiag_solve  # here: ik may come to import this module
-
         return block_tridiag_solve(*(jnp.asarray(X) for X in (A, B, C, d)))
     raise ValueError(f"banded_solve: unknown method {method!r}; use 'auto', 'thomas' or 'cyclic'")

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._banded import banded_solve
+from ._banded import banded_solve, block_tridiag_solve  # noqa: F401 (public here too)
 from .errors import InputError
 from .fk import _fk_one, _full_one, marker_jacobian_one
 from .model import KinematicTree
@@ -470,38 +470,6 @@ def _band_matvec(diag, off1, off2, q):
     out = out.at[:-1].add(off1[:-1, None] * q[1:]).at[1:].add(off1[:-1, None] * q[:-1])
     out = out.at[:-2].add(off2[:-2, None] * q[2:]).at[2:].add(off2[:-2, None] * q[:-2])
     return out
-
-
-def block_tridiag_solve(A, B, C, d):
-    """Solve a block-tridiagonal SPD system by block Cholesky/Thomas in a ``lax.scan``.
-
-    Row i: A_i x_{i-1} + B_i x_i + C_i x_{i+1} = d_i (A_0, C_{N-1} ignored).
-    Shapes: A, B, C (N, m, m); d (N, m) -> x (N, m).
-    """
-
-    def fwd(carry, xs):
-        Cp, dp = carry
-        Ai, Bi, Ci, di = xs
-        S = Bi - Ai @ Cp
-        cf = jax.scipy.linalg.cho_factor(S)
-        Cn = jax.scipy.linalg.cho_solve(cf, Ci)
-        dn = jax.scipy.linalg.cho_solve(cf, di - Ai @ dp)
-        return (Cn, dn), (Cn, dn)
-
-    m = B.shape[-1]
-    zero_c = jnp.zeros((m, m), B.dtype)
-    zero_d = jnp.zeros((m,), B.dtype)
-    A = A.at[0].set(zero_c)
-    C = C.at[-1].set(zero_c)
-    _, (Cs, ds) = jax.lax.scan(fwd, (zero_c, zero_d), (A, B, C, d))
-
-    def bwd(x_next, xs):
-        Ci, di = xs
-        x = di - Ci @ x_next
-        return x, x
-
-    _, xs = jax.lax.scan(bwd, zero_d, (Cs, ds), reverse=True)
-    return xs
 
 
 def _smooth_stage(tree, opts: IKOptions, prob: IKProblem, q_init, ok):
