@@ -15,10 +15,12 @@ Algorithm (see README "IK solver"):
    of 64 orientations (vmapped), the best is kept; all other coordinates start at defaults.
 2. Per-frame stage, coarse to fine in time: every ``chunk``-th frame is solved in order, each
    warm-started from the previous one (a ``lax.scan``); then the frames halfway between solved
-   ones, level by level down to single frames, each from the mean of its two solved
-   neighbours. These are scheduled on ``lanes`` parallel lanes per sequence in rounds of
-   ``round_iters`` iterations (one ``while_loop``; a slow frame keeps its lane while finished
-   ones are refilled), so lanes run in lockstep only within a round. Each frame runs
+   ones, level by level down to single frames, each from a cubic interpolation of the solved
+   frames at -3h, -h, +h, +3h (the mean of the two nearest where the outer ones are missing).
+   These are scheduled on ``lanes`` parallel lanes per sequence in rounds of ``round_iters``
+   evaluations (one ``while_loop``; a slow frame keeps its lane, with its LM state stored
+   between rounds, while finished ones are refilled), so lanes run in lockstep only within a
+   round. Each frame runs
    Levenberg-Marquardt with damping relative to the largest curvature, accept/reject, and a
    gain-ratio damping update. Convergence per frame: an accepted step with max|dq| <
    ``tol_step`` or a relative cost decrease (actual, or predicted by the Gauss-Newton model)
@@ -37,9 +39,10 @@ Missing markers (NaN) get weight 0 in their frame. A frame with fewer than ``min
 observed markers is reported (status FEW_MARKERS); with lambda = 0 its coordinates are NaN,
 with smoothing they are filled by the smoothness prior and flagged.
 
-Memory per frame (float64, SimSpine model: n=40 coordinates, M=37 markers): the state is
-O(T n); the marker Jacobian (3M x n = 35 kB) and normal block (n x n = 13 kB) exist only for
-the ``lanes`` frames in flight; the smoothing stage holds O(T n^2) (about 0.1 MB per frame).
+Memory per frame (float64, SimSpine model: n=40 coordinates, M=37 markers): the per-frame
+stage keeps each frame's LM state, O(T n^2) (the n x n normal block, 13 kB per frame); the
+marker Jacobian (3M x n = 35 kB) exists only for the ``lanes`` frames in flight; the
+smoothing stage holds O(T n^2) (about 0.1 MB per frame).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ import numpy as np
 
 from ._banded import banded_solve, block_tridiag_solve  # noqa: F401 (public here too)
 from .errors import InputError
-from .fk import _fk_one, _full_one, marker_jacobian_one
+from .fk import _fk_one, _full_and_map, _full_one, marker_jacobian_one
 from .model import KinematicTree
 
 CONVERGED, MAX_ITERS, FEW_MARKERS = 0, 1, 2
@@ -75,13 +78,15 @@ class IKOptions:
     max_iters_smooth: int = 30  # global iterations (smoothing stage)
     tol_step: float = 1e-7  # converged when an accepted step has max|dq| below this,
     tol_cost: float = 1e-5  # or the actual or predicted relative cost decrease is below this
-    tol_marker: float = 1e-7  # or the weighted RMS marker error is below this (m)
+    tol_marker: float = 1e-6  # or the weighted RMS marker error is below this (m): 1 um,
+    # far below marker precision (1e-7 cost clean frames 1.4x the iterations for nothing visible)
     mu_init: float = 1e-3  # initial Marquardt damping
     chunk: int = 64  # stride (a power of two) of the frames solved first, in order; the
     # frames between are solved coarse to fine in parallel (see _per_frame_stage)
     lanes: int = 0  # frames iterated in parallel per round and sequence; 0: 8 on CPU (where
     # wider lanes only add lockstep waste: 8 measured fastest of 4..128), 64 on accelerators
-    round_iters: int = 4  # LM iterations per round before lanes are reassigned
+    round_iters: int = 2  # FK + Jacobian evaluations per round before lanes are reassigned
+    # (2 measured 5-10% faster than 1, 3 or 4 on 500-frame trials, 2 cores)
     mu_init_warm: float = 1e-5  # initial damping of frames started from solved neighbours
     # (1e-7 cut noisy iterations 35% but found worse minima: mean cost +4.5%, measured)
     min_markers: int = 3  # fewer observed markers in a frame -> FEW_MARKERS
@@ -185,32 +190,25 @@ def _damped_solve(H, g, mu, eye):
 
 
 class _LMState(NamedTuple):
-    """Per-frame Levenberg-Marquardt state (a pytree; vmapped over frames)."""
+    """Per-frame Levenberg-Marquardt state (a pytree; vmapped over frames, and kept for every
+    frame of a sequence between the per-frame stage's rounds)."""
 
     q: jax.Array  # (n,)
     cost: jax.Array  # ()
     H: jax.Array  # (n, n) Gauss-Newton matrix J'J at q
     g: jax.Array  # (n,) gradient J'r at q
+    x: jax.Array  # (M, 3) model marker positions at q
     mu: jax.Array  # () Marquardt damping
     it: jax.Array  # () iterations done
     done: jax.Array  # () converged (or a frame not to solve)
-
-
-class _FrameState(NamedTuple):
-    """LM progress of every frame of a sequence (what a lane needs to resume a frame; H, g and
-    the cost are recomputed). Shapes: q (T, n); mu, it, done (T,)."""
-
-    q: jax.Array
-    mu: jax.Array
-    it: jax.Array
-    done: jax.Array
+    fresh: jax.Array  # () q is a new start: cost, H and g are not evaluated yet
 
 
 def _lm_init(tree, opts: IKOptions, q0, z, w, ci, cw, ct, skip) -> _LMState:
-    r, J = _residual_and_jac(tree, q0, z, w, ci, cw, ct)
+    x, _, r, J = _frame_terms(tree, q0, z, w, ci, cw, ct)
     mu = jnp.asarray(opts.mu_init, q0.dtype)
     it = jnp.asarray(0, jnp.int32)
-    return _LMState(q0, r @ r, J.T @ J, J.T @ r, mu, it, jnp.asarray(skip))
+    return _LMState(q0, r @ r, J.T @ J, J.T @ r, x, mu, it, jnp.asarray(skip), jnp.asarray(False))
 
 
 def _lm_run(tree, opts: IKOptions, s: _LMState, z, w, ci, cw, ct, lo, hi, cap) -> _LMState:
@@ -219,13 +217,14 @@ def _lm_run(tree, opts: IKOptions, s: _LMState, z, w, ci, cw, ct, lo, hi, cap) -
 
     def body(carry):
         s, k = carry
-        q, cost, H, g, mu = s.q, s.cost, s.H, s.g, s.mu
-        q_new = jnp.clip(q - _damped_solve(H, g, mu, eye), lo, hi)
+        q, cost, H, g, mu, fresh = s.q, s.cost, s.H, s.g, s.mu, s.fresh
+        # a fresh lane evaluates its start point (its H and g are not set: the step is unused)
+        q_new = jnp.where(fresh, q, jnp.clip(q - _damped_solve(H, g, mu, eye), lo, hi))
         # residual and Jacobian at the trial point in one pass: kept if the step is accepted
         # (most are), so an iteration costs one FK + Jacobian, not that plus one FK
-        r_new, J_new = _residual_and_jac(tree, q_new, z, w, ci, cw, ct)
+        x_new, _, r_new, J_new = _frame_terms(tree, q_new, z, w, ci, cw, ct)
         c_new = r_new @ r_new
-        accept = c_new < cost
+        accept = (c_new < cost) | fresh
         d = q_new - q
         # decrease the Gauss-Newton model still promises (once damping is negligible)
         pred = -(2.0 * g @ d + d @ (H @ d))
@@ -238,18 +237,22 @@ def _lm_run(tree, opts: IKOptions, s: _LMState, z, w, ci, cw, ct, lo, hi, cap) -
         fitted = jnp.minimum(cost, c_new) <= opts.tol_marker**2 * jnp.sum(w)
         stationary = ((dq < opts.tol_step) & (mu <= opts.mu_init)) | fitted
         done = (accept & small) | tiny | stationary | (~accept & (mu > 1e10))
+        done = jnp.where(fresh, c_new <= opts.tol_marker**2 * jnp.sum(w), done)
         # damping update by the gain ratio rho = actual / predicted decrease: a good model
         # (rho > 3/4) cuts it tenfold, a poor one (rho < 1/4) doubles it, a rejection x4
         rho = (cost - c_new) / jnp.maximum(pred, 1e-300)
         shrink = jnp.where(rho > 0.75, 0.1, jnp.where(rho > 0.25, 1.0, 2.0))
+        mu_new = jnp.where(accept, jnp.maximum(mu * shrink, 1e-12), mu * 4.0)
         s = _LMState(
             q=jnp.where(accept, q_new, q),
             cost=jnp.where(accept, c_new, cost),
             H=jnp.where(accept, J_new.T @ J_new, H),
             g=jnp.where(accept, J_new.T @ r_new, g),
-            mu=jnp.where(accept, jnp.maximum(mu * shrink, 1e-12), mu * 4.0),
-            it=s.it + 1,
+            x=jnp.where(accept, x_new, s.x),
+            mu=jnp.where(fresh, mu, mu_new),
+            it=s.it + jnp.where(fresh, 0, 1),
             done=s.done | done,
+            fresh=jnp.zeros_like(fresh),
         )
         return s, k + 1
 
@@ -292,36 +295,34 @@ def _robust_start(tree, opts, q_default, z, w, ci, cw, ct, lo, hi):
 
     def place(angles):
         """Root at the grid orientation, translated so the model's markers share the data's
-        centroid; its cost."""
+        centroid; its residual and root Jacobian there."""
         q = q_default.at[rot].set(angles)
         zhat = _fk_one(tree, _full_one(tree, q)).markers
         model_c = jnp.sum(jnp.where(obs_w[:, None], zhat, 0.0), 0) / jnp.maximum(jnp.sum(obs_w), 1)
         q = q.at[trans].add(centroid - model_c) if len(trans) == 3 else q
-        r = rj_root(q, q[free])[0]
-        return q, r @ r, jnp.asarray(opts.mu_init, q.dtype)
+        r, J = rj_root(q, q[free])
+        return q, r, J, jnp.asarray(opts.mu_init, q.dtype)
 
-    def refine(q, cost, mu, iters):
-        """``iters`` LM steps on the root coordinates alone."""
+    def refine(q, r, J, mu, iters):
+        """``iters`` LM steps on the root coordinates alone (one FK + Jacobian pass each: the
+        trial point's residual and Jacobian are kept when the step is accepted)."""
 
         def step(carry, _):
-            qr, cost, mu = carry
-            r, J = rj_root(q, qr)
+            qr, r, J, mu = carry
             qn = jnp.clip(qr - _damped_solve(J.T @ J, J.T @ r, mu, eye), sub_lo, sub_hi)
-            cn = jnp.sum(rj_root(q, qn)[0] ** 2)
-            acc = cn < cost
-            return (
-                jnp.where(acc, qn, qr),
-                jnp.where(acc, cn, cost),
-                jnp.where(acc, mu * 0.1, mu * 10),
-            ), None
+            rn, Jn = rj_root(q, qn)
+            acc = rn @ rn < r @ r
+            keep = partial(jnp.where, acc)
+            return (keep(qn, qr), keep(rn, r), keep(Jn, J), keep(mu * 0.1, mu * 10)), None
 
-        (qr, cost, mu), _ = jax.lax.scan(step, (q[free], cost, mu), None, length=iters)
-        return q.at[free].set(qr), cost, mu
+        (qr, r, J, mu), _ = jax.lax.scan(step, (q[free], r, J, mu), None, length=iters)
+        return q.at[free].set(qr), r, J, mu
 
     # every grid start gets 3 steps; the 8 best of them 9 more (2.9x fewer steps than 12 each)
-    qs, costs, mus = jax.vmap(lambda a: refine(*place(a), 3))(grids)
-    keep = jnp.argsort(costs)[:8]
-    qs, costs, _ = jax.vmap(lambda q, c, m: refine(q, c, m, 9))(qs[keep], costs[keep], mus[keep])
+    qs, rs, Js, mus = jax.vmap(lambda a: refine(*place(a), 3))(grids)
+    keep = jnp.argsort(jnp.sum(rs**2, 1))[:8]
+    qs, rs, _, _ = jax.vmap(lambda *a: refine(*a, 9))(qs[keep], rs[keep], Js[keep], mus[keep])
+    costs = jnp.sum(rs**2, 1)
     # Equivalent Euler-angle solutions fit equally well: among the starts whose cost is within
     # 1e-6 of the best, keep the one with the smallest root angles (wrapped to [-pi, pi)).
     wrapped = (qs[:, rot] + jnp.pi) % (2 * jnp.pi) - jnp.pi
@@ -341,19 +342,40 @@ def _schedule(T: int, S: int):
     """Static coarse-to-fine order of a T-frame sequence (T a multiple of 2 S, S a power of 2).
 
     Frame t gets a level (0: every S-th frame, solved in order; level k: odd multiples of
-    S / 2^k) and two frames its warm start comes from (-1: the robust start). Shapes: (T,).
+    S / 2^k) and the frames its warm start comes from: ``left``/``right`` (t -/+ h, -1: the
+    robust start) and, for a cubic start, ``left2``/``right2`` (t -/+ 3h, -1 where there is
+    none). All four are at coarser levels. Shapes: (T,).
     """
     level = np.zeros(T, np.int32)
     left = np.arange(T) - S
     right = left.copy()
+    left2 = np.full(T, -1)
+    right2 = np.full(T, -1)
     h, k = S // 2, 1
     while h >= 1:
         idx = np.arange(h, T, 2 * h)
         level[idx] = k
         left[idx] = idx - h
         right[idx] = np.where(idx + h < T, idx + h, idx - h)
+        both = (idx - 3 * h >= 0) & (idx + 3 * h < T)
+        left2[idx] = np.where(both, idx - 3 * h, -1)
+        right2[idx] = np.where(both, idx + 3 * h, -1)
         h, k = h // 2, k + 1
-    return level, np.maximum(left, -1), np.maximum(right, -1)
+    return level, np.maximum(left, -1), np.maximum(right, -1), left2, right2
+
+
+def _warm_start(q_ext, ok_ext, l1, r1, l2, r2):
+    """Start of a frame from solved frames at t -/+ h (l1, r1) and t -/+ 3h (l2, r2; -1: none).
+    Cubic interpolation (-1, 9, 9, -1)/16 where all four are solved frames and agree within
+    1 rad or m per coordinate; else their mean, or the left one where the two differ by more
+    (e.g. an angle wrap). ``q_ext`` (T + 1, n): the last row is the robust start."""
+    ql, qr, ql2, qr2 = q_ext[l1], q_ext[r1], q_ext[l2], q_ext[r2]
+    d = qr - ql
+    linear = jnp.where(jnp.abs(d) < 1.0, ql + 0.5 * d, ql)
+    cubic = (9.0 * (ql + qr) - (ql2 + qr2)) / 16.0
+    have = (l2 >= 0) & ok_ext[l1] & ok_ext[r1] & ok_ext[l2] & ok_ext[r2]
+    near = (jnp.abs(d) < 1.0) & (jnp.abs(ql - ql2) < 1.0) & (jnp.abs(qr2 - qr) < 1.0)
+    return jnp.where(have[..., None] & near, cubic, linear)
 
 
 def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
@@ -361,27 +383,31 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
     and out (T a multiple of 2 * chunk, chunk a power of two).
 
     Order: every ``chunk``-th frame is warm-started from the previous one (the first from the
-    robust start); every other frame from the mean of its two neighbours at the next coarser
-    level, halfway between (from the left one alone where they differ by more than 1 rad or
-    m, e.g. an angle wrap), once both are finished. Finer levels thus start close to their
-    optimum, and a weakly observed coordinate inherits its neighbours' basin.
+    robust start); every other frame, once the frames it starts from are finished, from those
+    at the next coarser levels: a cubic interpolation of its solved neighbours at -3h, -h, +h
+    and +3h (:func:`_warm_start`; the nearest two's mean, or the left one across an angle
+    wrap, where the outer ones are missing). Finer levels thus start close to their optimum
+    (on noise-free data half of the finest frames need no step at all), and a weakly
+    observed coordinate inherits its neighbours' basin.
 
     Scheduling: one ``while_loop`` of rounds. Each round picks up to ``lanes`` frames that
     are running or ready (coarsest level first, then in time), and runs at most
-    ``round_iters`` LM iterations on them in parallel (a vmapped loop, so lanes run in
-    lockstep only within a round). Frames a slow one would hold up move on to the next
-    round's free lanes. One compiled LM kernel serves every level.
+    ``round_iters`` FK + Jacobian evaluations on them in parallel (a vmapped loop, so lanes
+    run in lockstep only within a round; a new frame's first evaluation is its start point).
+    Every frame's LM state (q, cost, J'J, J'r, damping) is kept between rounds, so a frame
+    resumes where it stopped and the solver's J'J at the solution serves the report. One
+    compiled LM kernel serves every level. Returns q, iterations, status, ok (T,) and J'J
+    (T, n, n).
     """
     lo, hi = _bounds(tree)
     T, n = prob.markers.shape[0], q_start.shape[0]
     W = min(opts.lanes or (8 if jax.default_backend() == "cpu" else 64), T)
-    level, left, right = _schedule(T, opts.chunk)
+    level, left, right, left2, right2 = _schedule(T, opts.chunk)
     key_static = jnp.asarray(level.astype(np.int64) * T + np.arange(T))
-    left, right = jnp.asarray(left), jnp.asarray(right)
+    left, right, left2, right2 = (jnp.asarray(a) for a in (left, right, left2, right2))
     z, w, obs = _frame_inputs(prob.markers, prob.marker_weight[None, :])
     ok = prob.frame_valid & (jnp.sum(obs & (prob.marker_weight > 0), axis=1) >= opts.min_markers)
     ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target  # ct (T, K)
-    init = jax.vmap(lambda q, zz, ww, tt, sk: _lm_init(tree, opts, q, zz, ww, ci, cw, tt, sk))
     run = jax.vmap(
         lambda s, zz, ww, tt: _lm_run(tree, opts, s, zz, ww, ci, cw, tt, lo, hi, opts.round_iters)
     )
@@ -393,28 +419,28 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
     def round_body(carry):
         st, started = carry
         fin = jnp.concatenate([finished(st, started), jnp.ones(1, bool)])  # [-1]: the start
-        elig = ~fin[:T] & (started | (fin[left] & fin[right]))
+        ready = fin[left] & fin[right] & fin[left2] & fin[right2]
+        elig = ~fin[:T] & (started | ready)
         sel = jnp.argsort(jnp.where(elig, key_static, jnp.iinfo(jnp.int64).max))[:W]
         lane = elig[sel]
         new = lane & ~started[sel]
         q_ext = jnp.concatenate([st.q, q_start[None]])
-        ql, qr = q_ext[left[sel]], q_ext[right[sel]]
-        d = qr - ql
-        q0 = jnp.where(jnp.abs(d) < 1.0, ql + 0.5 * d, ql)
+        ok_ext = jnp.concatenate([ok, jnp.zeros(1, bool)])
+        q0 = _warm_start(q_ext, ok_ext, left[sel], right[sel], left2[sel], right2[sel])
         zz, ww, tt = z[sel], w[sel], ct[sel]
         cur = jax.tree_util.tree_map(lambda a: a[sel], st)
-        # (re)build each lane's LM state: a new frame from its warm start, a running one from
-        # where it stopped (H and g are recomputed, not stored for every frame)
-        s = init(jnp.where(new[:, None], q0, cur.q), zz, ww, tt, ~ok[sel])
-        s = s._replace(
+        # a new frame starts fresh from its warm start (its first evaluation is the start
+        # point's); a running one resumes from its stored state
+        s = cur._replace(
+            q=jnp.where(new[:, None], q0, cur.q),
             mu=jnp.where(new, mu_warm, cur.mu),
             it=jnp.where(new, 0, cur.it),
-            done=jnp.where(new, s.done, cur.done) | ~lane,
+            done=jnp.where(new, ~ok[sel], cur.done) | ~lane,
+            fresh=new,
         )
         s = run(s, zz, ww, tt)
-        new_st = _FrameState(s.q, s.mu, s.it, s.done)
         st = jax.tree_util.tree_map(
-            lambda a, b, c: a.at[sel].set(jnp.where(_lanes(lane, b), b, c)), st, new_st, cur
+            lambda a, b, c: a.at[sel].set(jnp.where(_lanes(lane, b), b, c)), st, s, cur
         )
         return st, started.at[sel].set(started[sel] | lane)
 
@@ -429,16 +455,23 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
     # the coarse frames, in order (one lane each sequence: they form a chain)
     xs = (z[coarse], w[coarse], ct[coarse], ok[coarse])
     _, cs = jax.lax.scan(coarse_step, q_start, xs)
-    st0 = _FrameState(
-        q=jnp.broadcast_to(q_start, (T, n)).at[coarse].set(cs.q),
-        mu=jnp.zeros(T, q_start.dtype).at[coarse].set(cs.mu),
-        it=jnp.zeros(T, jnp.int32).at[coarse].set(cs.it),
-        done=jnp.zeros(T, bool).at[coarse].set(cs.done),
+    dt = q_start.dtype
+    st0 = _LMState(
+        q=jnp.broadcast_to(q_start, (T, n)),
+        cost=jnp.zeros(T, dt),
+        H=jnp.zeros((T, n, n), dt),
+        g=jnp.zeros((T, n), dt),
+        x=jnp.zeros((T,) + prob.markers.shape[1:], dt),
+        mu=jnp.zeros(T, dt),
+        it=jnp.zeros(T, jnp.int32),
+        done=jnp.zeros(T, bool),
+        fresh=jnp.zeros(T, bool),
     )
+    st0 = jax.tree_util.tree_map(lambda a, c: a.at[coarse].set(c), st0, cs)
     carry = (st0, jnp.zeros(T, bool).at[coarse].set(True))
     st, _ = jax.lax.while_loop(lambda c: ~jnp.all(finished(*c)), round_body, carry)
     status = jnp.where(ok, jnp.where(st.done, CONVERGED, MAX_ITERS), FEW_MARKERS)
-    return st.q, st.it, status, ok
+    return st.q, st.it, status, ok, st.H, st.x
 
 
 # ----------------------------------------------------------------------------- smoothing
@@ -535,13 +568,33 @@ def _smooth_stage(tree, opts: IKOptions, prob: IKProblem, q_init, ok):
 
 
 # ----------------------------------------------------------------------------- reporting
-def _report(tree, prob: IKProblem, q, opts_status, iterations):
+def _report(tree, prob: IKProblem, q, opts_status, iterations, H=None, x=None):
+    """Errors, costs and sensitivities at the solution ``q`` (T, n). ``H`` (T, n, n) and ``x``
+    (T, M, 3): the solver's Gauss-Newton matrix J'J (coordinate-task rows included) and model
+    markers at ``q``, if it has them (then no FK is needed here); otherwise one FK + Jacobian
+    pass per frame computes them."""
     z, w, obs = _frame_inputs(prob.markers, prob.marker_weight[None, :])
-    ci, cw = prob.coord_index, prob.coord_weight
-    terms = jax.vmap(lambda q, z, w, ct: _frame_terms(tree, q, z, w, ci, cw, ct))
-    zhat, qf, r, J = terms(q, z, w, prob.coord_target)  # one FK + Jacobian pass per frame
+    ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
+    nm = z.shape[1]
+    if H is None:
+        terms = jax.vmap(lambda q, z, w, ct: _frame_terms(tree, q, z, w, ci, cw, ct))
+        zhat, qf, r, J = terms(q, z, w, ct)  # one FK + Jacobian pass per frame
+        J = J[:, : 3 * nm]  # marker rows only: the sensitivity leaves coordinate tasks out
+        H = jnp.einsum("tri,trj->tij", J, J)
+    else:
+
+        def tasks(q, w, ct):
+            qf, G = _full_and_map(tree, q)
+            scw = jnp.sqrt(cw * jnp.sum(w))  # as in _frame_terms
+            Jc = scw[:, None] * G[ci]
+            return qf, scw * (qf[ci] - ct), Jc.T @ Jc
+
+        qf, rc, Hc = jax.vmap(tasks)(q, w, ct)
+        H = H - Hc  # marker rows only, as above
+        zhat = x
+        rm = ((zhat - z) * jnp.sqrt(w)[..., None]).reshape(q.shape[0], -1)
+        r = jnp.concatenate([rm, rc], 1)
     cost = jnp.sum(r**2, 1)
-    J = J[:, : 3 * z.shape[1]]  # marker rows only: the sensitivity leaves coordinate tasks out
     err = jnp.linalg.norm(zhat - z, axis=-1)
     used = obs & (prob.marker_weight[None, :] > 0)
     err_out = jnp.where(obs, err, jnp.nan)
@@ -549,7 +602,6 @@ def _report(tree, prob: IKProblem, q, opts_status, iterations):
     rms = jnp.sqrt(jnp.sum(jnp.where(used, err**2, 0.0), 1) / nused)
     mx = jnp.max(jnp.where(used, err, 0.0), 1)
     # sensitivity of each coordinate to marker noise: sqrt(diag((J'WJ)^-1)) (marker part only)
-    H = jnp.einsum("tri,trj->tij", J, J)
     n = q.shape[1]
     dH = jnp.diagonal(H, axis1=1, axis2=2)
     observed = dH > 1e-12 * jnp.max(dH, axis=1, keepdims=True)
@@ -599,15 +651,17 @@ def _solve_one(tree: KinematicTree, prob: IKProblem, opts: IKOptions) -> IKResul
         lo,
         hi,
     )
-    q, it, status, ok = _per_frame_stage(tree, opts, prob, q_start)
+    q, it, status, ok, H, x = _per_frame_stage(tree, opts, prob, q_start)
     if opts.smooth_vel > 0 or opts.smooth_acc > 0:
         # fill frames that could not be solved from their neighbours before smoothing
         q = jnp.where(ok[:, None], q, q_start[None, :])
         q, it_s, _ = _smooth_stage(tree, opts, prob, q, ok)
         it = it + it_s
+        H = x = None  # q moved: the report evaluates FK and the Jacobian anew
     else:
         q = jnp.where(ok[:, None], q, jnp.nan)
-    return _report(tree, prob, q, status, it)
+        x = jnp.where(ok[:, None, None], x, jnp.nan)
+    return _report(tree, prob, q, status, it, H, x)
 
 
 _solve_padded = jax.jit(_solve_one, static_argnames=("opts",))

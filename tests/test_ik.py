@@ -186,15 +186,18 @@ def two_link_trial():
 def test_schedule_orders_coarse_to_fine():
     from simspine_jax.ik import _schedule
 
-    level, left, right = _schedule(256, 16)
+    level, left, right, left2, right2 = _schedule(256, 16)
     assert np.all(level[::16] == 0) and level.max() == 4
     for t in range(256):
-        for dep in (left[t], right[t]):
+        for dep in (left[t], right[t], left2[t], right2[t]):
             # every warm start comes from an earlier frame in the chain or a coarser level
             assert dep == -1 or level[dep] < level[t] or (level[t] == 0 and dep == t - 16)
         if level[t] > 0:
             h = 16 >> level[t]
             assert left[t] == t - h and right[t] in (t + h, t - h)
+            # the cubic start's outer frames, where both exist
+            assert (left2[t], right2[t]) in ((t - 3 * h, t + 3 * h), (-1, -1))
+            assert left2[t] >= 0 or t - 3 * h < 0 or t + 3 * h >= 256
 
 
 def test_lanes_and_rounds_do_not_change_the_solution(two_link_trial):
