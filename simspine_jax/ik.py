@@ -378,7 +378,7 @@ def _warm_start(q_ext, ok_ext, l1, r1, l2, r2):
     return jnp.where(have[..., None] & near, cubic, linear)
 
 
-def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
+def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start, seq_axis=None):
     """Per-frame LM, coarse to fine in time, on a fixed number of lanes. Shapes: (T, n) in
     and out (T a multiple of 2 * chunk, chunk a power of two).
 
@@ -396,8 +396,14 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
     run in lockstep only within a round; a new frame's first evaluation is its start point).
     Every frame's LM state (q, cost, J'J, J'r, damping) is kept between rounds, so a frame
     resumes where it stopped and the solver's J'J at the solution serves the report. One
-    compiled LM kernel serves every level. Returns q, iterations, status, ok (T,) and J'J
-    (T, n, n).
+    compiled LM kernel serves every level. Returns q, iterations, status, ok (T,), J'J
+    (T, n, n) and model markers (T, M, 3).
+
+    ``seq_axis``: the vmap axis name when sequences are vmapped (:func:`_map_sequences`).
+    The rounds then continue until every sequence of the batch is finished (a finished one's
+    lanes idle), so the loop's condition is not batched: a batched one would make JAX select
+    between old and new state, O(T n^2) per sequence, every round (measured: 8 noisy trials
+    ran at 666 instead of ~1400 frames/s).
     """
     lo, hi = _bounds(tree)
     T, n = prob.markers.shape[0], q_start.shape[0]
@@ -469,7 +475,12 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start):
     )
     st0 = jax.tree_util.tree_map(lambda a, c: a.at[coarse].set(c), st0, cs)
     carry = (st0, jnp.zeros(T, bool).at[coarse].set(True))
-    st, _ = jax.lax.while_loop(lambda c: ~jnp.all(finished(*c)), round_body, carry)
+
+    def active(c):
+        busy = ~jnp.all(finished(*c))
+        return busy if seq_axis is None else jax.lax.psum(busy.astype(jnp.int32), seq_axis) > 0
+
+    st, _ = jax.lax.while_loop(active, round_body, carry)
     status = jnp.where(ok, jnp.where(st.done, CONVERGED, MAX_ITERS), FEW_MARKERS)
     return st.q, st.it, status, ok, st.H, st.x
 
@@ -631,7 +642,7 @@ def _report(tree, prob: IKProblem, q, opts_status, iterations, H=None, x=None):
 
 
 # ----------------------------------------------------------------------------- public
-def _solve_one(tree: KinematicTree, prob: IKProblem, opts: IKOptions) -> IKResult:
+def _solve_one(tree: KinematicTree, prob: IKProblem, opts: IKOptions, seq_axis=None) -> IKResult:
     q_default = tree.coord_default[tree.topology.indep_coord].astype(prob.markers.dtype)
     lo, hi = _bounds(tree)
     q_default = jnp.clip(q_default, lo, hi)
@@ -651,7 +662,7 @@ def _solve_one(tree: KinematicTree, prob: IKProblem, opts: IKOptions) -> IKResul
         lo,
         hi,
     )
-    q, it, status, ok, H, x = _per_frame_stage(tree, opts, prob, q_start)
+    q, it, status, ok, H, x = _per_frame_stage(tree, opts, prob, q_start, seq_axis)
     if opts.smooth_vel > 0 or opts.smooth_acc > 0:
         # fill frames that could not be solved from their neighbours before smoothing
         q = jnp.where(ok[:, None], q, q_start[None, :])
@@ -825,21 +836,38 @@ def solve_ik_batch(
 
 @partial(jax.jit, static_argnames=("opts",))
 def _solve_batch_jit(tree, probs, opts):
-    return _map_sequences(lambda p: _solve_one(tree, p, opts), probs)
+    return _map_sequences(lambda p, ax: _solve_one(tree, p, opts, ax), probs)
 
 
 CPU_SEQUENCE_GROUP = 8  # sequences vmapped together on CPU (the rest in a sequential map)
 
 
 def _map_sequences(f, probs):
-    """``f`` over the leading (sequence) axis: vmapped on accelerators; on CPU in vmapped
-    groups of CPU_SEQUENCE_GROUP (``lax.map``), since every group's rounds run until its
-    slowest sequence is done (500-frame noisy trials, 2 cores: 1532 frames/s in a batch of 8,
-    738 in a batch of 32 as one vmap)."""
-    if jax.default_backend() != "cpu":
-        return jax.vmap(f)(probs)
+    """``f(prob, axis_name)`` over the leading (sequence) axis: vmapped (axis name "seq") on
+    accelerators; on CPU in vmapped groups of CPU_SEQUENCE_GROUP (a ``lax.map`` over groups,
+    the remainder vmapped apart), since every group's rounds run until its slowest sequence
+    is done (500-frame noisy trials, 2 cores: 1532 frames/s in a batch of 8, 738 in a batch
+    of 32 as one vmap)."""
+    one = jax.vmap(lambda p: f(p, _SEQ), axis_name=_SEQ)
     n = jax.tree_util.tree_leaves(probs)[0].shape[0]
-    return jax.lax.map(f, probs, batch_size=min(n, CPU_SEQUENCE_GROUP))
+    G = CPU_SEQUENCE_GROUP
+    if n == 1:  # one sequence: no vmap (as solve_ik; a vmap of one cost ~20% here)
+        out = f(jax.tree_util.tree_map(lambda a: a[0], probs), None)
+        return jax.tree_util.tree_map(lambda a: a[None], out)
+    if jax.default_backend() != "cpu" or n <= G:
+        return one(probs)
+    full = n // G * G
+    groups = jax.tree_util.tree_map(lambda a: a[:full].reshape((n // G, G) + a.shape[1:]), probs)
+    out = jax.tree_util.tree_map(
+        lambda a: a.reshape((full,) + a.shape[2:]), jax.lax.map(one, groups)
+    )
+    if full == n:
+        return out
+    rest = one(jax.tree_util.tree_map(lambda a: a[full:], probs))
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, rest)
+
+
+_SEQ = "seq"
 
 
 def _solve_batch_exported(tree, probs, opts, cache_dir: Path) -> IKResult:
@@ -866,7 +894,7 @@ def _solve_batch_exported(tree, probs, opts, cache_dir: Path) -> IKResult:
 
         def flat(tl, pl):
             t = KinematicTree.tree_unflatten(topology, tl)
-            return tuple(_map_sequences(lambda p: _solve_one(t, p, opts), IKProblem(*pl)))
+            return tuple(_map_sequences(lambda p, ax: _solve_one(t, p, opts, ax), IKProblem(*pl)))
 
         exp = export.export(jax.jit(flat))(tree_leaves, prob_leaves)
         from .io import atomic_open

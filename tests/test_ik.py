@@ -183,6 +183,22 @@ def two_link_trial():
     return tree, q_true, z
 
 
+def test_batch_in_groups_with_remainder_equals_single(two_link_trial):
+    """More sequences than one vmapped group (CPU: groups of CPU_SEQUENCE_GROUP, then the
+    remainder): each result equals its solve alone, whatever group finishes first."""
+    from simspine_jax.ik import CPU_SEQUENCE_GROUP
+
+    tree, _, z = two_link_trial
+    opts = IKOptions(min_markers=2)
+    seqs = [z[k : k + 40 + 7 * k] for k in range(CPU_SEQUENCE_GROUP + 3)]
+    out = solve_ik_batch(tree, seqs, options=opts)
+    for s, b in zip(seqs, out, strict=True):
+        one = solve_ik(tree, s, options=opts)
+        assert b.q.shape == one.q.shape
+        np.testing.assert_allclose(b.q, one.q, atol=1e-9)
+        np.testing.assert_array_equal(b.iterations, one.iterations)
+
+
 def test_schedule_orders_coarse_to_fine():
     from simspine_jax.ik import _schedule
 
