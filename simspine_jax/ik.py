@@ -204,16 +204,28 @@ class _LMState(NamedTuple):
     fresh: jax.Array  # () q is a new start: cost, H and g are not evaluated yet
 
 
-def _lm_init(tree, opts: IKOptions, q0, z, w, ci, cw, ct, skip) -> _LMState:
-    x, _, r, J = _frame_terms(tree, q0, z, w, ci, cw, ct)
-    mu = jnp.asarray(opts.mu_init, q0.dtype)
-    it = jnp.asarray(0, jnp.int32)
-    return _LMState(q0, r @ r, J.T @ J, J.T @ r, x, mu, it, jnp.asarray(skip), jnp.asarray(False))
+def _fresh_state(q0, n_marker: int, mu, skip) -> _LMState:
+    """A frame about to start at ``q0``: :func:`_lm_run`'s first evaluation is ``q0`` itself
+    (cost, J'J, J'r and markers are set there). ``skip``: a frame not to solve."""
+    n, dt = q0.shape[-1], q0.dtype
+    return _LMState(
+        q=q0,
+        cost=jnp.zeros((), dt),
+        H=jnp.zeros((n, n), dt),
+        g=jnp.zeros(n, dt),
+        x=jnp.zeros((n_marker, 3), dt),
+        mu=jnp.asarray(mu, dt),
+        it=jnp.asarray(0, jnp.int32),
+        done=jnp.asarray(skip),
+        fresh=jnp.asarray(True),
+    )
 
 
 def _lm_run(tree, opts: IKOptions, s: _LMState, z, w, ci, cw, ct, lo, hi, cap) -> _LMState:
-    """At most ``cap`` more LM iterations on one frame (stops at convergence or max_iters)."""
+    """At most ``cap`` more FK + Jacobian evaluations on one frame (a fresh frame's first is
+    its start point, not an iteration); stops at convergence or max_iters."""
     eye = jnp.eye(s.q.shape[0], dtype=s.q.dtype)
+    fit = opts.tol_marker**2 * jnp.sum(w)  # cost of a weighted RMS marker error of tol_marker
 
     def body(carry):
         s, k = carry
@@ -234,10 +246,10 @@ def _lm_run(tree, opts: IKOptions, s: _LMState, z, w, ci, cw, ct, lo, hi, cap) -
         small = (dq < opts.tol_step) | (cost - c_new <= floor)
         # a fit to within tol_marker (weighted RMS) is converged; so is a negligible undamped
         # step (at a zero-residual optimum rounding rejects every step)
-        fitted = jnp.minimum(cost, c_new) <= opts.tol_marker**2 * jnp.sum(w)
+        fitted = jnp.minimum(cost, c_new) <= fit
         stationary = ((dq < opts.tol_step) & (mu <= opts.mu_init)) | fitted
         done = (accept & small) | tiny | stationary | (~accept & (mu > 1e10))
-        done = jnp.where(fresh, c_new <= opts.tol_marker**2 * jnp.sum(w), done)
+        done = jnp.where(fresh, c_new <= fit, done)
         # damping update by the gain ratio rho = actual / predicted decrease: a good model
         # (rho > 3/4) cuts it tenfold, a poor one (rho < 1/4) doubles it, a rejection x4
         rho = (cost - c_new) / jnp.maximum(pred, 1e-300)
@@ -406,7 +418,7 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start, seq_axis=N
     ran at 666 instead of ~1400 frames/s).
     """
     lo, hi = _bounds(tree)
-    T, n = prob.markers.shape[0], q_start.shape[0]
+    T, M = prob.markers.shape[:2]
     W = min(opts.lanes or (8 if jax.default_backend() == "cpu" else 64), T)
     level, left, right, left2, right2 = _schedule(T, opts.chunk)
     key_static = jnp.asarray(level.astype(np.int64) * T + np.arange(T))
@@ -418,6 +430,7 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start, seq_axis=N
         lambda s, zz, ww, tt: _lm_run(tree, opts, s, zz, ww, ci, cw, tt, lo, hi, opts.round_iters)
     )
     mu_warm = jnp.asarray(opts.mu_init_warm, q_start.dtype)
+    ok_ext = jnp.concatenate([ok, jnp.zeros(1, bool)])  # [-1]: the robust start, not a frame
 
     def finished(st, started):
         return started & (st.done | (st.it >= opts.max_iters))
@@ -431,7 +444,6 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start, seq_axis=N
         lane = elig[sel]
         new = lane & ~started[sel]
         q_ext = jnp.concatenate([st.q, q_start[None]])
-        ok_ext = jnp.concatenate([ok, jnp.zeros(1, bool)])
         q0 = _warm_start(q_ext, ok_ext, left[sel], right[sel], left2[sel], right2[sel])
         zz, ww, tt = z[sel], w[sel], ct[sel]
         cur = jax.tree_util.tree_map(lambda a: a[sel], st)
@@ -454,24 +466,16 @@ def _per_frame_stage(tree, opts: IKOptions, prob: IKProblem, q_start, seq_axis=N
 
     def coarse_step(q_prev, xs):
         zz, ww, tt, okk = xs
-        c = _lm_init(tree, opts, q_prev, zz, ww, ci, cw, tt, ~okk)
-        c = _lm_run(tree, opts, c, zz, ww, ci, cw, tt, lo, hi, opts.max_iters)
+        c = _fresh_state(q_prev, M, opts.mu_init, ~okk)
+        c = _lm_run(tree, opts, c, zz, ww, ci, cw, tt, lo, hi, opts.max_iters + 1)
         return jnp.where(okk, c.q, q_prev), c
 
     # the coarse frames, in order (one lane each sequence: they form a chain)
     xs = (z[coarse], w[coarse], ct[coarse], ok[coarse])
     _, cs = jax.lax.scan(coarse_step, q_start, xs)
-    dt = q_start.dtype
-    st0 = _LMState(
-        q=jnp.broadcast_to(q_start, (T, n)),
-        cost=jnp.zeros(T, dt),
-        H=jnp.zeros((T, n, n), dt),
-        g=jnp.zeros((T, n), dt),
-        x=jnp.zeros((T,) + prob.markers.shape[1:], dt),
-        mu=jnp.zeros(T, dt),
-        it=jnp.zeros(T, jnp.int32),
-        done=jnp.zeros(T, bool),
-        fresh=jnp.zeros(T, bool),
+    # every other frame's state is set when it starts (round_body)
+    st0 = jax.tree_util.tree_map(
+        lambda a: jnp.broadcast_to(a, (T,) + a.shape), _fresh_state(q_start, M, 0.0, False)
     )
     st0 = jax.tree_util.tree_map(lambda a, c: a.at[coarse].set(c), st0, cs)
     carry = (st0, jnp.zeros(T, bool).at[coarse].set(True))

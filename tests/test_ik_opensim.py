@@ -13,10 +13,11 @@ coordinate tasks it is our cost divided by ``sum(w_i)``, the same minimiser.
 OpenSim's IK on this model is a constrained problem (20 lumbar coordinate couplers), solved by
 an interior-point optimizer that stops at the tool's ``accuracy`` (1e-5) and keeps clamped
 coordinates off their bounds with a barrier. Measured on 8 frames of the clean trial, all 37
-markers: at 1e-5 OpenSim leaves a cost of 2.3e-7 (ours: 1e-29, the exact fit) and its
-well-observed coordinates are up to 1.2 deg RMS from ours (subtalar, hip rotation); at 1e-6
-up to 0.9 deg; at 1e-8 up to 0.4 deg, 94x slower (0.4 s -> 38 s). With the Halpe26 setup (task
-weight in OpenSim's scale), 1e-8 brings it within 0.52 deg and 1.7 % of our cost. So per frame:
+markers: at 1e-5 OpenSim leaves a cost of 2.3e-7 (ours: the exact fit to within
+IKOptions.tol_marker) and its well-observed coordinates are up to 1.2 deg RMS from ours
+(subtalar, hip rotation); at 1e-6 up to 0.9 deg; at 1e-8 up to 0.4 deg, 94x slower (0.4 s ->
+38 s). With the Halpe26 setup (task weight in OpenSim's scale), 1e-8 brings it within 0.52 deg
+and 1.7 % of our cost. So per frame:
 
 * our cost <= 1.02 x OpenSim's + 1e-10 (never a worse optimum);
 
@@ -95,8 +96,9 @@ SIDE_KEYS = {"marker_rms_mm", "marker_max_mm", "wall_s", "frames_per_s", "cost_m
 CASES = [("clean", "all37"), ("clean", "halpe26"), ("noisy", "all37"), ("noisy", "halpe26")]
 
 _STOP = (
-    "ik: our relative cost tolerance (1e-6) stops LM before the last fraction of a degree in "
-    "flat directions (measured: ankle_angle_l 0.52 deg from the polished optimum, cost equal)"
+    "ik: our relative cost tolerance (IKOptions.tol_cost, now 1e-5) stops LM before the last "
+    "fraction of a degree in flat directions (measured at 1e-6: ankle_angle_l 0.52 deg from "
+    "the polished optimum, cost equal)"
 )
 _NEAR = (
     "ik: with 5 mm noise and the 22 Halpe26 markers, in the frames where our cost and "
