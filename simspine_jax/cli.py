@@ -129,6 +129,28 @@ def motion_to_independent(tree, motion, path) -> np.ndarray:
     return np.stack(cols, -1)
 
 
+def _show_our_warnings_on_one_line() -> None:
+    """Show this package's warnings (:class:`~simspine_jax.errors.SimSpineWarning`, e.g. an IK
+    setup task skipped as OpenSim skips it) as one line on stderr, not Python's two-line form
+    with our source line; other warnings are shown as before."""
+    import warnings
+
+    from .errors import SimSpineWarning
+
+    show = warnings.showwarning
+    if getattr(show, "_simspine_one_line", False):
+        return
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SimSpineWarning):
+            print(f"simspine-jax: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    one_line._simspine_one_line = True
+    warnings.showwarning = one_line
+
+
 # ----------------------------------------------------------------------------- argparse
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -187,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from ._xla import tune_xla_cpu
 
     tune_xla_cpu()  # before the first JAX computation of this process
+    _show_our_warnings_on_one_line()
     try:
         if args.cmd == "export":
             out = export_model(args.osim, args.out, args.markers)

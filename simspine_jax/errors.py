@@ -42,3 +42,13 @@ class InputError(SimSpineError, ValueError):
 
 class ModelError(InputError):
     """An OpenSim model uses something we cannot represent exactly (or is malformed)."""
+
+
+class SimSpineWarning(UserWarning):
+    """Base class of the warnings this package issues: an input we accept, as OpenSim does, but
+    that the user may not expect. The CLI shows each on one line."""
+
+
+class IKSetupWarning(SimSpineWarning):
+    """A task of an OpenSim IK setup file is skipped, or a rule of OpenSim's IK tool applies
+    that changes what the setup seems to say (e.g. no applied IKMarkerTask)."""

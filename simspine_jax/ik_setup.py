@@ -1,11 +1,31 @@
 """OpenSim inverse-kinematics setup files (``<InverseKinematicsTool>`` XML), read without OpenSim.
 
-:func:`read_ik_setup` turns a setup file into an :class:`IKSetup`; :func:`marker_weight_vector`
-and :func:`coordinate_task_arrays` map its tasks onto a :class:`~simspine_jax.model.KinematicTree`
-the way OpenSim's ``InverseKinematicsTool`` does:
+:func:`read_ik_setup` turns a setup file into an :class:`IKSetup`; :func:`apply_setup` maps it
+onto a :class:`~simspine_jax.model.KinematicTree` and one trial (:func:`marker_weight_vector`,
+:func:`coordinate_task_arrays`, :func:`select_frames`) the way OpenSim 4.6's
+``InverseKinematicsTool`` does (each rule checked by running that tool, see
+``tests/test_ik_setup.py``):
 
-* only ``IKMarkerTask`` entries whose ``apply`` is true are used; a model marker without such a
-  task gets weight 0 (OpenSim's marker reference ignores it);
+* only ``IKMarkerTask`` entries whose ``apply`` is true are used; a model marker in the trial
+  without such a task gets weight 0 (OpenSim's marker reference drops it). A setup with no
+  applied ``IKMarkerTask`` at all tracks every model marker of the trial with weight 1;
+* an applied ``IKMarkerTask`` naming a marker that the model or the trial lacks is skipped
+  (OpenSim runs such setups: the SimSpine ``IK_Setup.xml`` has eye and ear tasks that Pose2Sim's
+  model lacks); we say so with an :class:`~simspine_jax.errors.IKSetupWarning`. If every applied
+  task is skipped, OpenSim fails ("Marker data does not correspond to any model markers") or
+  crashes; we raise :class:`InputError`;
+* a weight is checked only where the task is used, as OpenSim does: negative or infinite
+  marker weights, negative coordinate weights are errors there and nowhere else. An infinite
+  coordinate weight (a hard constraint in OpenSim) is refused: we cannot solve it;
+* an ``IKCoordinateTask`` naming a coordinate that is not in the model is an error (OpenSim
+  refuses it too); one on a locked coordinate is skipped (OpenSim drops it: the coordinate
+  stays at its default); one on a dependent (coupled) coordinate is used;
+* ``time_range`` ``[start, end]`` is clipped to the trial's times; the frames solved are
+  those from the frame nearest ``start`` to the frame nearest ``end`` (a tie goes to the later
+  frame), both included, so frames just outside the range can be in. A range that misses the
+  trial is an error, as in OpenSim;
+* stricter than OpenSim, which warns and goes on: a ``time_range`` that is not two numbers
+  (OpenSim truncates three to two, ignores fewer) and a task listed twice are errors here;
 * an ``IKCoordinateTask`` whose ``apply`` is true adds ``weight * (q_c - target)^2`` to the cost,
   with ``target`` the model coordinate's default (``default_value``) or the task's ``value``
   (``manual_value``, in OpenSim's internal units: radians or metres), or per frame the value
@@ -18,13 +38,14 @@ the way OpenSim's ``InverseKinematicsTool`` does:
 from __future__ import annotations
 
 import math
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import IKSetupWarning, InputError
 
 VALUE_TYPES = ("default_value", "manual_value", "from_file")
 
@@ -207,11 +228,9 @@ def read_ik_setup(path: str | Path) -> IKSetup:
             disabled.append(name)
             continue
         w_t = _child_text(el, "weight")
+        # a negative or infinite weight is refused where the task is used (marker_weight_vector,
+        # coordinate_task_arrays): OpenSim runs a setup whose skipped tasks have one
         weight = 0.0 if not w_t else _float(w_t, src, f"{field}/weight")
-        if weight < 0 or math.isinf(weight):
-            raise InputError(
-                f"weight must be finite and >= 0, got {w_t!r}", path=src, field=f"{field}/weight"
-            )
         if el.tag == "IKMarkerTask":
             marker_weights[name] = weight
             continue
@@ -247,31 +266,77 @@ def read_ik_setup(path: str | Path) -> IKSetup:
 
 
 # ----------------------------------------------------------------------------- tree mapping
-def marker_weight_vector(setup: IKSetup, tree, trc_marker_names) -> tuple[np.ndarray, np.ndarray]:
-    """Per-model-marker task weights and which model markers the TRC has.
+def _where(path: str | None, field: str) -> str:
+    """The location prefix of an :class:`InputError`, for a warning's text."""
+    return f"{path}, field '{field}'" if path is not None else f"field '{field}'"
 
-    Returns ``weights`` (M_tree,) float64, 0 for a marker with no applied task (or absent from
-    the TRC), and ``present`` (M_tree,) bool. An applied task naming a marker that the model or
-    the TRC lacks is an :class:`InputError` naming the setup file and the task.
-    """
+
+def _warn(messages, stacklevel: int = 3) -> None:
+    for m in messages:
+        warnings.warn(m, IKSetupWarning, stacklevel=stacklevel)
+
+
+def _marker_weights(setup: IKSetup, tree, trc_marker_names, trc_path=None):
+    """:func:`marker_weight_vector` without emitting: (weights, present, messages)."""
     model = list(tree.marker_names)
     trc = {str(n) for n in trc_marker_names}
     midx = {n: i for i, n in enumerate(model)}
+    present = np.array([n in trc for n in model], bool)
+    data = "the marker data" if trc_path is None else f"the marker data ({trc_path})"
+    if not setup.marker_weights:  # OpenSim's MarkersReference: no weight set, default weight 1
+        if not present.any():
+            raise InputError(f"no model marker is in {data}", path=setup.path, field="IKTaskSet")
+        msg = (
+            f"{setup.path}: no applied IKMarkerTask, so every model marker in {data} is "
+            "tracked with weight 1, as OpenSim does"
+        )
+        return present.astype(np.float64), present, [msg]
     weights = np.zeros(len(model))
+    messages = []
     for name, w in setup.marker_weights.items():
         field = f"IKMarkerTask {name}"
         if name not in midx:
-            raise InputError(
-                f"marker '{name}' is not in the model (model markers: {', '.join(model)})",
-                path=setup.path,
-                field=field,
-            )
-        if name not in trc:
-            raise InputError(
-                f"marker '{name}' is not in the marker (TRC) data", path=setup.path, field=field
-            )
-        weights[midx[name]] = w
-    present = np.array([n in trc for n in model], bool)
+            lack = "the model"
+        elif name not in trc:
+            lack = data
+        else:
+            if not (w >= 0 and math.isfinite(w)):  # Simbody's Markers::addMarker refuses it
+                raise InputError(
+                    f"weight must be finite and >= 0, got {w}",
+                    path=setup.path,
+                    field=f"{field}/weight",
+                )
+            weights[midx[name]] = w
+            continue
+        messages.append(
+            f"{_where(setup.path, field)}: marker '{name}' is not in {lack}; task skipped, "
+            "as OpenSim does"
+        )
+    if not np.any(present & np.isin(model, list(setup.marker_weights))):
+        raise InputError(
+            f"no applied IKMarkerTask names a marker that is both in the model and in {data} "
+            "(OpenSim fails on this setup too)",
+            path=setup.path,
+            field="IKTaskSet",
+        )
+    return weights, present, messages
+
+
+def marker_weight_vector(
+    setup: IKSetup, tree, trc_marker_names, *, trc_path=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-model-marker task weights and which model markers the TRC has.
+
+    Returns ``weights`` (M_tree,) float64 and ``present`` (M_tree,) bool. A marker gets its
+    applied task's weight, 0 without one or when the trial lacks it; with no applied
+    ``IKMarkerTask`` in the setup, 1 for every marker of the trial (OpenSim's rule). An applied
+    task naming a marker that the model or the trial lacks is skipped with an
+    :class:`~simspine_jax.errors.IKSetupWarning` naming the setup file and the task
+    (``trc_path``, if given, is named too); :class:`InputError` if no task is left, or for a
+    negative or infinite weight on a task that is used.
+    """
+    weights, present, messages = _marker_weights(setup, tree, trc_marker_names, trc_path)
+    _warn(messages)
     return weights, present
 
 
@@ -282,12 +347,23 @@ def coordinate_task_arrays(
 
     Returns ``coord_index`` (K,) int64 into ``tree.coordinate_names``, ``weight`` (K,) and
     ``target`` float64 (radians or metres): (K,), or (T, K) when a task is ``from_file``, which
-    needs the marker frames' ``times`` (T,) in seconds.
+    needs the marker frames' ``times`` (T,) in seconds. A task on a locked coordinate is
+    skipped with an :class:`~simspine_jax.errors.IKSetupWarning` (OpenSim drops it); one on a
+    coordinate not in the model, or with a negative or infinite weight, is an
+    :class:`InputError`.
     """
+    arrays, messages = _coordinate_tasks(setup, tree, times)
+    _warn(messages)
+    return arrays
+
+
+def _coordinate_tasks(setup: IKSetup, tree, times):
+    """:func:`coordinate_task_arrays` without emitting: (arrays, messages)."""
     names = list(tree.coordinate_names)
     cidx = {n: i for i, n in enumerate(names)}
     default = np.asarray(tree.coord_default, np.float64)
     idx, w, tgt = [], [], []
+    messages = []
     table = None
     for task in setup.coordinate_tasks:
         field = f"IKCoordinateTask {task.name}"
@@ -296,27 +372,49 @@ def coordinate_task_arrays(
                 f"coordinate '{task.name}' is not in the model", path=setup.path, field=field
             )
         i = cidx[task.name]
-        idx.append(i)
-        w.append(task.weight)
+        # the target first: OpenSim reads it (and fails on a missing column) before it drops
+        # the tasks of locked coordinates
         if task.value_type == "from_file":
             if table is None:
                 table = _coordinate_file(setup, times, field)
-            tgt.append(_file_targets(table, task.name, tree, i, np.asarray(times, np.float64)))
+            target = _file_targets(table, task.name, tree, i, np.asarray(times, np.float64))
         else:
-            tgt.append(default[i] if task.value_type == "default_value" else task.value)
+            target = default[i] if task.value_type == "default_value" else task.value
+        if tree.meta["coordinates"][i]["locked"]:
+            messages.append(
+                f"{_where(setup.path, field)}: coordinate '{task.name}' is locked; task "
+                "skipped, as OpenSim does (the coordinate keeps its default value)"
+            )
+            continue
+        if math.isinf(task.weight):
+            raise InputError(
+                "an infinite weight (OpenSim holds the coordinate at its target as a "
+                "constraint) is not supported; give a finite weight",
+                path=setup.path,
+                field=f"{field}/weight",
+            )
+        if task.weight < 0:  # Simbody's Assembler::adoptAssemblyGoal refuses it
+            raise InputError(
+                f"weight must be >= 0, got {task.weight}", path=setup.path, field=f"{field}/weight"
+            )
+        idx.append(i)
+        w.append(task.weight)
+        tgt.append(target)
     if table is not None:  # per frame: constant targets repeat
         T = len(times)
         tgt = [np.broadcast_to(np.asarray(t, np.float64), (T,)) for t in tgt]
-        return (
+        arrays = (
             np.asarray(idx, np.int64),
             np.asarray(w, np.float64),
             np.stack(tgt, -1) if tgt else np.zeros((T, 0)),
         )
-    return (
-        np.asarray(idx, np.int64),
-        np.asarray(w, np.float64),
-        np.asarray(tgt, np.float64),
-    )
+    else:
+        arrays = (
+            np.asarray(idx, np.int64),
+            np.asarray(w, np.float64),
+            np.asarray(tgt, np.float64),
+        )
+    return arrays, messages
 
 
 def _coordinate_file(setup: IKSetup, times, field: str):
@@ -374,3 +472,75 @@ def _file_targets(table, name: str, tree, i: int, times: np.ndarray) -> np.ndarr
             field="time",
         )
     return np.interp(times, t, v)
+
+
+# ----------------------------------------------------------------------------- one trial
+def _nearest_row(times: np.ndarray, t: float) -> int:
+    """OpenSim's ``TimeSeriesTable::getNearestRowIndexForTime``: the row nearest ``t``, a tie
+    going to the later row (same float64 arithmetic, so the same frame)."""
+    k = int(np.searchsorted(times, t, side="left"))
+    if k == len(times):
+        return len(times) - 1
+    if k == 0:
+        return 0
+    return k if times[k] - t <= t - times[k - 1] else k - 1
+
+
+def select_frames(setup: IKSetup, times, *, trc_path=None) -> slice:
+    """The frames of a trial that OpenSim's IK tool solves for the setup's ``time_range``.
+
+    ``times`` (T,) seconds, increasing. The range is clipped to ``[times[0], times[-1]]``; the
+    frames go from the one nearest its start to the one nearest its end (ties: the later),
+    both included. No ``time_range``: every frame. A range that misses the trial is an
+    :class:`InputError` (OpenSim: "final time is before start time").
+    """
+    times = np.asarray(times, np.float64)
+    if times.ndim != 1 or times.size == 0:
+        raise InputError("the trial has no frames", path=trc_path, field="time")
+    if setup.time_range is None:
+        return slice(0, times.size)
+    t0, t1 = setup.time_range
+    start, end = max(float(times[0]), t0), min(float(times[-1]), t1)
+    if not end >= start:
+        data = "the marker data" if trc_path is None else f"the marker data ({trc_path})"
+        raise InputError(
+            f"time_range [{t0:g}, {t1:g}] s does not overlap the times of {data}, "
+            f"[{times[0]:g}, {times[-1]:g}] s (OpenSim fails on it too)",
+            path=setup.path,
+            field="time_range",
+        )
+    return slice(_nearest_row(times, start), _nearest_row(times, end) + 1)
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """An IK setup applied to one trial, as OpenSim's IK tool applies it (:func:`apply_setup`).
+
+    ``frames`` picks the trial's frames to solve and write (``time[frames]`` are the output
+    times); ``coord_tasks`` is ``(coord_index, weight, target)`` for those frames (a per-frame
+    ``target`` has ``len(time[frames])`` rows); ``warnings`` are the messages issued (tasks
+    skipped, OpenSim rules that applied).
+    """
+
+    marker_weight: np.ndarray  # (M_tree,) float64
+    present: np.ndarray  # (M_tree,) bool: model markers the trial has
+    coord_tasks: tuple[np.ndarray, np.ndarray, np.ndarray]
+    frames: slice
+    warnings: tuple[str, ...]
+
+
+def apply_setup(setup: IKSetup, tree, trc_marker_names, times, *, trc_path=None) -> TrialSetup:
+    """Marker weights, coordinate tasks and frames of one trial (names ``trc_marker_names``,
+    frame times ``times``) under ``setup``: :func:`marker_weight_vector`,
+    :func:`select_frames` and :func:`coordinate_task_arrays` (``from_file`` targets at the
+    selected frames' times) in one call. Each warning is issued once as an
+    :class:`~simspine_jax.errors.IKSetupWarning` and returned; bad setups raise
+    :class:`InputError`.
+    """
+    times = np.asarray(times, np.float64)
+    weights, present, messages = _marker_weights(setup, tree, trc_marker_names, trc_path)
+    frames = select_frames(setup, times, trc_path=trc_path)
+    tasks, more = _coordinate_tasks(setup, tree, times[frames])
+    messages = messages + more
+    _warn(messages)
+    return TrialSetup(weights, present, tasks, frames, tuple(messages))

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,7 @@ def run_ik_files(
     from tqdm import tqdm
 
     from .ik import IKOptions, solve_ik_batch
-    from .ik_setup import coordinate_task_arrays, marker_weight_vector, read_ik_setup
+    from .ik_setup import apply_setup, read_ik_setup
     from .io import read_trc
     from .model import load_model
 
@@ -137,9 +138,21 @@ def run_ik_files(
     seqs = [trc_to_model_markers(tree, t, p) for t, p in zip(trials, trcs, strict=True)]
     if setup is not None:
         ik_setup = read_ik_setup(setup)
-        weights, _ = marker_weight_vector(ik_setup, tree, trials[0].marker_names)
-        # per trial: from_file targets are read at each trial's own frame times
-        tasks = [coordinate_task_arrays(ik_setup, tree, times=t.time) for t in trials]
+        # per trial, as OpenSim's tool runs each: the tasks it skips (a warning each), its
+        # time_range frames, from_file targets at the trial's own frame times
+        plans = [
+            apply_setup(ik_setup, tree, t.marker_names, t.time, trc_path=p)
+            for t, p in zip(trials, trcs, strict=True)
+        ]
+        # one weight vector for the batch: a marker that a trial lacks is NaN there (unused)
+        weights = np.max([p.marker_weight for p in plans], axis=0)
+        tasks = [p.coord_tasks for p in plans]
+        # each trial cut to its time_range frames: those are solved and written
+        trials = [
+            replace(t, time=t.time[f], frame_numbers=t.frame_numbers[f], positions=t.positions[f])
+            for t, f in zip(trials, (p.frames for p in plans), strict=True)
+        ]
+        seqs = [s[p.frames] for s, p in zip(seqs, plans, strict=True)]
     else:
         weights, tasks = np.ones(tree.n_marker), None
     opts = IKOptions(smooth_vel=smooth_vel, smooth_acc=smooth_acc)
@@ -282,7 +295,7 @@ def crosscheck(
     jax.config.update("jax_enable_x64", True)
     enable_compilation_cache()
     from .ik import IKOptions, solve_ik
-    from .ik_setup import coordinate_task_arrays, marker_weight_vector, read_ik_setup
+    from .ik_setup import apply_setup, read_ik_setup
     from .io import read_trc
     from .model import load_model
     from .osim_bridge.ik import run_opensim_ik_subprocess
@@ -292,16 +305,29 @@ def crosscheck(
     tree = load_model(osim, markers=markers)
     data = read_trc(trc)
     seq = trc_to_model_markers(tree, data, trc)
+    time_range, setup_warnings = None, []
     if setup is not None:
         s = read_ik_setup(setup)
-        weights, _ = marker_weight_vector(s, tree, data.marker_names)
-        tasks = coordinate_task_arrays(s, tree, times=data.time)
+        plan = apply_setup(s, tree, data.marker_names, data.time, trc_path=trc)
+        weights, tasks, setup_warnings = plan.marker_weight, plan.coord_tasks, plan.warnings
+        seq = seq[plan.frames]
+        if s.time_range is not None:  # OpenSim's frames: the ones we picked, by their times
+            t_sel = data.time[plan.frames]
+            time_range = (float(t_sel[0]), float(t_sel[-1]))
     else:
         weights = np.array([float(n in data.marker_names) for n in tree.marker_names])
         tasks = None
     ref = run_opensim_ik_subprocess(
-        osim, trc, setup, out_dir=out / "opensim", markers=markers, timeout_s=opensim_timeout_s
+        osim,
+        trc,
+        setup,
+        out_dir=out / "opensim",
+        markers=markers,
+        time_range=time_range,
+        timeout_s=opensim_timeout_s,
     )
+    if len(ref["time"]) != len(seq):  # a bug of ours, not the input's fault
+        raise RuntimeError(f"OpenSim solved {len(ref['time'])} frames of {trc}, we {len(seq)}")
     if list(ref["coordinate_names"]) != list(tree.coordinate_names):
         raise InputError("OpenSim and the exported model list different coordinates", path=osim)
     # ours: a first call compiles; time the second (the compile is reported separately)
@@ -336,6 +362,7 @@ def crosscheck(
         osim=str(osim),
         trc=str(trc),
         setup=None if setup is None else str(setup),
+        setup_warnings=list(setup_warnings),  # tasks skipped, as OpenSim skips them
         frames=T,
         coordinates=coords,
         ours=dict(

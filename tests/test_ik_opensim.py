@@ -59,8 +59,8 @@ from simspine_jax import InputError, forward_kinematics, load_model  # noqa: E40
 from simspine_jax.cli import main, motion_to_independent  # noqa: E402
 from simspine_jax.ik import WEAK_SENSITIVITY, solve_ik  # noqa: E402
 from simspine_jax.ik_setup import (  # noqa: E402
+    apply_setup,
     coordinate_task_arrays,
-    marker_weight_vector,
     read_ik_setup,
 )
 from simspine_jax.io import read_storage, read_trc, write_trc  # noqa: E402
@@ -287,9 +287,9 @@ def _inputs(tree, trc, setup):
     if setup is None:
         weights = np.array([float(n in data.marker_names) for n in tree.marker_names])
         return seq, weights, None
-    s = read_ik_setup(setup)
-    weights, _ = marker_weight_vector(s, tree, data.marker_names)
-    return seq, weights, coordinate_task_arrays(s, tree)
+    # the setup's tasks and its time_range frames (Halpe26's starts at 1/60 s), as OpenSim
+    plan = apply_setup(read_ik_setup(setup), tree, data.marker_names, data.time, trc_path=trc)
+    return seq[plan.frames], plan.marker_weight, plan.coord_tasks
 
 
 # ----------------------------------------------------------------------------- the comparison
@@ -430,7 +430,7 @@ def test_unobserved_coordinates_stay_at_default(tree, case):
     unobs = np.all(~np.isfinite(case["sens"]), axis=0)
     assert {"wrist_flex_r", "wrist_flex_l", "wrist_dev_r", "wrist_dev_l"} <= set(names[unobs])
     default = np.asarray(tree.coord_default, np.float64)[tree.topology.indep_coord]
-    want = np.broadcast_to(default[unobs], (FRAMES, unobs.sum()))
+    want = np.broadcast_to(default[unobs], (len(case["q"]), unobs.sum()))
     np.testing.assert_array_equal(case["q"][:, unobs], want)
     drift = np.abs(case["q_ref"][:, unobs] - default[unobs]).max(0) * _units(tree)[unobs]
     drift = {str(n): round(float(d), 2) for n, d in zip(names[unobs], drift, strict=True)}
@@ -448,7 +448,8 @@ def test_report_and_plot(tree, case):
     assert REPORT_KEYS <= set(on_disk), REPORT_KEYS - set(on_disk)
     for side in ("ours", "opensim"):
         assert SIDE_KEYS <= set(on_disk[side]), (side, SIDE_KEYS - set(on_disk[side]))
-    assert on_disk["frames"] == FRAMES
+    # Halpe26's time_range, 1/60 .. 1.6333 s, keeps frames 0 .. 24 (OpenSim's nearest frames)
+    assert on_disk["frames"] == len(case["seq"]) == (FRAMES if case["setup"] is None else 25)
     assert set(on_disk["coordinates"]) == set(tree.independent_names)
     for v in on_disk["coordinates"].values():
         assert v["unit"] in ("deg", "mm") and v["max"] >= v["rms"] >= 0
