@@ -4,9 +4,9 @@ Both solve the same synthetic SimSpine trials (:func:`simspine_jax.synth.synthet
 seed 0, 60 Hz): ``clean`` (exact markers) and ``noise5mm`` (5 mm Gaussian noise, 2% of the
 marker-frames missing in gaps). Each trial is written as a TRC (millimetres) that OpenSim reads;
 ours solves the markers read back from that same file. Markers: the 37 of the default model,
-all with weight 1 and no coordinate task (OpenSim: ``models/simspine_default.osim`` +
-``models/simspine37_markers.xml``), or a Pose2Sim IK setup with ``--setup`` (its marker set,
-weights and coordinate tasks on both sides).
+all with weight 1 and no coordinate task (OpenSim: the package data
+``simspine_jax/data/simspine_default.osim`` + ``simspine37_markers.xml``), or a Pose2Sim IK
+setup with ``--setup`` (its marker set, weights and coordinate tasks on both sides).
 
 Prints one JSON line per measurement (progress notes go to stderr):
 
@@ -75,9 +75,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_NPZ = REPO / "models" / "simspine_default.npz"
-DEFAULT_OSIM = REPO / "models" / "simspine_default.osim"
-DEFAULT_MARKERS = REPO / "models" / "simspine37_markers.xml"
+# the package data of this checkout (simspine_jax.default_*_path() would import jax before the
+# XLA flags are set)
+DATA = REPO / "simspine_jax" / "data"
+DEFAULT_NPZ = DATA / "simspine_default.npz"
+DEFAULT_OSIM = DATA / "simspine_default.osim"
+DEFAULT_MARKERS = DATA / "simspine37_markers.xml"
 
 PARTS = ("float64", "float32", "smooth", "batch", "cli")
 TRIALS = {"clean": (0.0, 0.0), "noise5mm": (0.005, 0.02)}  # name -> (noise_m, gap_fraction)

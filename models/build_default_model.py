@@ -6,9 +6,12 @@
 1. locates ``Pose2Sim/OpenSim_Setup/Model_Pose2Sim_muscles_flex.osim`` in the installed wheel
    (without importing Pose2Sim), or takes ``--setup-dir``;
 2. strips it to kinematics (no muscles, forces, contact geometry) with OpenSim and checks the
-   stripped model has the same coordinates -> ``models/simspine_default.osim``;
-3. exports it with the SimSpine 37-keypoint marker set ``models/simspine37_markers.xml``
-   -> ``models/simspine_default.npz`` (no OpenSim needed to load).
+   stripped model has the same coordinates -> ``simspine_jax/data/simspine_default.osim``;
+3. exports it with the SimSpine 37-keypoint marker set ``simspine_jax/data/simspine37_markers.xml``
+   -> ``simspine_jax/data/simspine_default.npz`` (no OpenSim needed to load).
+
+The outputs are package data (found with ``importlib.resources``, shipped in the wheel); this
+folder keeps only how they were made.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+DATA = HERE.parent / "simspine_jax" / "data"  # package data: the built files go here
 
 
 def main() -> None:
@@ -30,10 +34,10 @@ def main() -> None:
 
     setup = Path(args.setup_dir) if args.setup_dir else pose2sim_setup_dir()
     src = setup / "Model_Pose2Sim_muscles_flex.osim"
-    osim_out = HERE / "simspine_default.osim"
+    osim_out = DATA / "simspine_default.osim"
     strip_to_kinematics(str(src), str(osim_out))
-    ex = read_osim(osim_out, markers=HERE / "simspine37_markers.xml")
-    out = save_tree(ex, HERE / "simspine_default.npz")
+    ex = read_osim(osim_out, markers=DATA / "simspine37_markers.xml")
+    out = save_tree(ex, DATA / "simspine_default.npz")
     print(
         json.dumps(
             dict(

@@ -9,10 +9,11 @@ Usage::
 ``Model_Pose2Sim_muscles_flex.osim``, the ``Markers_*.xml`` files and ``Geometry/*.vtp``. It may
 also be given as ``--setup-dir``; when omitted it is located with
 ``importlib.util.find_spec("Pose2Sim")`` (``pip install --no-deps pose2sim==0.10.49``).
-Writes ``models/simspine37_markers.xml`` (an OpenSim ``MarkerSet`` document, same layout as
-Pose2Sim's ``Markers_Halpe26.xml``; the output is deterministic) and, when ``opensim`` is
-importable, loads it into the model, prints the 37 ground positions in the default pose, checks
-them, and writes ``models/simspine37_default_pose.png``.
+Writes ``simspine_jax/data/simspine37_markers.xml`` (package data, found through
+``importlib.resources``; an OpenSim ``MarkerSet`` document, same layout as Pose2Sim's
+``Markers_Halpe26.xml``; the output is deterministic) and, when ``opensim`` is importable, loads
+it into the model, prints the 37 ground positions in the default pose, checks them, and writes
+``models/simspine37_default_pose.png``.
 
 Method (coordinates in OpenSim body frames, metres; axes +x anterior, +y superior, +z to the
 subject's right). Details and the resulting numbers: ``models/MARKERS.md``.
@@ -79,6 +80,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+DATA = HERE.parent / "simspine_jax" / "data"  # package data: the marker set goes here
 MODEL_FILE = "Model_Pose2Sim_muscles_flex.osim"
 
 SIMSPINE37 = (
@@ -594,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("setup_dir", nargs="?", help="Pose2Sim OpenSim_Setup folder")
     ap.add_argument("--setup-dir", dest="setup_opt", help="same as the positional argument")
-    ap.add_argument("--out", type=Path, default=HERE / "simspine37_markers.xml")
+    ap.add_argument("--out", type=Path, default=DATA / "simspine37_markers.xml")
     ap.add_argument("--plot", type=Path, default=HERE / "simspine37_default_pose.png")
     ap.add_argument("--no-verify", action="store_true", help="skip the opensim check and plot")
     ap.add_argument(

@@ -3,6 +3,12 @@
 Import stays light: no OpenSim, no Flax, no plotting at import time.
 """
 
+from ._resources import (
+    default_ik_setup_path,
+    default_markers_path,
+    default_model_path,
+    default_osim_path,
+)
 from .errors import InputError, ModelError, SimSpineError
 from .export import read_osim
 from .fk import (
@@ -22,6 +28,10 @@ __all__ = [
     "KinematicTree",
     "ModelError",
     "SimSpineError",
+    "default_ik_setup_path",
+    "default_markers_path",
+    "default_model_path",
+    "default_osim_path",
     "forward_kinematics",
     "full_coordinates",
     "independent_coordinates",

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ._resources import default_model_path
 from .errors import SimSpineError
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "simspine_default.npz"
+# the bundled SimSpine tree (package data, simspine_jax/data/)
+DEFAULT_MODEL = default_model_path()
 
 
 # ----------------------------------------------------------------------------- library calls

@@ -12,7 +12,7 @@ Conventions
 * ``SPINE15`` is the subset scored by the spine metrics; ``REGIONS`` splits it into
   lumbar / thoracic / cervical.
 * ``KEYPOINT_BODY`` names the OpenSim body (of Pose2Sim's ``Model_Pose2Sim_muscles_flex.osim``)
-  each keypoint is attached to in the reference marker set ``models/simspine37_markers.xml``.
+  each keypoint is attached to in the reference marker set ``data/simspine37_markers.xml``.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ REGIONS: dict[str, tuple[str, ...]] = {
 }
 
 # OpenSim body of Model_Pose2Sim_muscles_flex.osim carrying each keypoint in
-# models/simspine37_markers.xml. The 22 markers present in Pose2Sim's Markers_Halpe26.xml keep
+# data/simspine37_markers.xml. The 22 markers present in Pose2Sim's Markers_Halpe26.xml keep
 # its bodies; eyes and ears sit on the head.
 KEYPOINT_BODY: dict[str, str] = {
     "Nose": "head",

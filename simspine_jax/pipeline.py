@@ -186,21 +186,26 @@ def run_demo(out, frames: int = 300, opensim_check: bool = True, excerpt: int = 
 
     jax.config.update("jax_enable_x64", True)
     enable_compilation_cache()
-    from .cli import DEFAULT_MODEL, motion_to_independent
+    from ._resources import (
+        default_ik_setup_path,
+        default_markers_path,
+        default_model_path,
+        default_osim_path,
+    )
+    from .cli import motion_to_independent
     from .io import read_storage, write_trc
     from .model import load_model
     from .plots import plot_ik_summary
     from .synth import synthetic_trial
 
-    models = Path(DEFAULT_MODEL).parent
-    setup = models / "IK_Setup_SimSpine37.xml"
+    setup = default_ik_setup_path()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tree = load_model(DEFAULT_MODEL)
+    tree = load_model(default_model_path())
     trial = synthetic_trial(tree, frames, noise_m=0.005, gap_fraction=0.02, seed=0)
     trc = out / "sample_trial.trc"
     write_trc(trc, tree.marker_names, trial["time"], trial["markers"], units="mm")
-    summaries = run_ik_files(DEFAULT_MODEL, [trc], out, setup=setup, progress=False)
+    summaries = run_ik_files(default_model_path(), [trc], out, setup=setup, progress=False)
     mot = read_storage(out / "sample_trial.mot")
     q = motion_to_independent(tree, mot, out / "sample_trial.mot")
     plot_ik_summary(tree, trial, q, out / "sample_trial_ik.png")
@@ -219,11 +224,11 @@ def run_demo(out, frames: int = 300, opensim_check: bool = True, excerpt: int = 
             ex = out / "crosscheck" / "excerpt.trc"
             write_trc(ex, tree.marker_names, trial["time"][:n], trial["markers"][:n], units="mm")
             cc = crosscheck(
-                models / "simspine_default.osim",
+                default_osim_path(),
                 ex,
                 out / "crosscheck",
                 setup=setup,
-                markers=models / "simspine37_markers.xml",
+                markers=default_markers_path(),
             )
             worst = max(
                 (k for k, v in cc["coordinates"].items() if not v["weakly_observed"]),

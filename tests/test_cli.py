@@ -10,16 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simspine_jax import forward_kinematics, load_model
+from simspine_jax import (
+    default_markers_path,
+    default_model_path,
+    default_osim_path,
+    forward_kinematics,
+    load_model,
+)
 from simspine_jax.cli import main
 from simspine_jax.io import read_storage, read_trc
 from simspine_jax.synth import synthetic_trial, write_sample_trial
 
 ROOT = Path(__file__).parent.parent
 TWO_LINK = ROOT / "tests" / "data" / "two_link.osim"
-DEFAULT = ROOT / "models" / "simspine_default.npz"
-OSIM = ROOT / "models" / "simspine_default.osim"
-MARKERS = ROOT / "models" / "simspine37_markers.xml"
+DEFAULT = default_model_path()
+OSIM = default_osim_path()
+MARKERS = default_markers_path()
 
 
 def test_export_and_info(tmp_path, capsys):

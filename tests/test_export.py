@@ -11,14 +11,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simspine_jax import InputError, ModelError, forward_kinematics, load_model, read_osim
+from simspine_jax import (
+    InputError,
+    ModelError,
+    default_model_path,
+    forward_kinematics,
+    load_model,
+    read_osim,
+)
 from simspine_jax.export import PiecewiseCubic, simm_spline_coefficients
 from simspine_jax.fk import full_coordinates, marker_jacobian_one, marker_positions
 from simspine_jax.model import load_tree, save_tree, tree_from_export
 
 DATA = Path(__file__).parent / "data"
 TWO_LINK = DATA / "two_link.osim"
-DEFAULT = Path(__file__).parent.parent / "models" / "simspine_default.npz"
+DEFAULT = default_model_path()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from simspine_jax.fk import (
 from simspine_jax.model import load_model
 from simspine_jax.synth import synthetic_trial
 
-DEFAULT = Path(__file__).parents[1] / "models" / "simspine_default.npz"
+DEFAULT = simspine_jax.default_model_path()
 TOL_M = 1e-5  # float32 vs float64 marker positions, metres (measured: 5e-7 m)
 TOL_J = 1e-4  # float32 vs float64 marker Jacobian, m/rad or m/m (measured: 4e-6; max |J| 7)
 FRAMES = (500, 5000)  # 5000 > 4 * FK_BLOCK: the blocked lax.map path

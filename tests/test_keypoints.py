@@ -158,11 +158,12 @@ def test_light_import():
 
 
 def test_default_marker_file_matches_definition():
-    """models/simspine37_markers.xml holds the 37 keypoints, in order, on KEYPOINT_BODY."""
+    """The bundled simspine37_markers.xml holds the 37 keypoints, in order, on KEYPOINT_BODY."""
     import xml.etree.ElementTree as ET
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "models" / "simspine37_markers.xml"
+    from simspine_jax import default_markers_path
+
+    path = default_markers_path()
     markers = list(ET.parse(path).getroot().iter("Marker"))
     assert [m.get("name") for m in markers] == list(kp.SIMSPINE37)
     for m in markers:
