@@ -105,6 +105,9 @@ def write_ik_outputs(tree, out_dir: Path, stem: str, time_s, res, weights) -> di
         converged=int(np.sum(status == 0)),
         max_iters=int(np.sum(status == 1)),
         too_few_markers=int(np.sum(status == 2)),
+        stalled=int(np.sum(status == 3)),
+        # the smoothing stage (only with smoothing): frames whose window hit its iteration cap
+        smoothing_max_iters=int(np.sum(np.asarray(res.smooth_status) != 0)),
         weakly_observed=weak,
     )
 
@@ -157,7 +160,9 @@ def run_ik_files(
         weights, tasks = np.ones(tree.n_marker), None
     opts = IKOptions(smooth_vel=smooth_vel, smooth_acc=smooth_acc)
     t0 = time.perf_counter()
-    results = solve_ik_batch(tree, seqs, weights, tasks, opts, cache_dir=cache_root() / "traced")
+    results = solve_ik_batch(
+        tree, seqs, weights, tasks, opts, cache_dir=cache_root() / "traced", progress=progress
+    )
     jax.block_until_ready(results)
     solve_s = time.perf_counter() - t0
     out = Path(out)

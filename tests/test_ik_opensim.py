@@ -76,9 +76,9 @@ from simspine_jax.synth import synthetic_trial  # noqa: E402
 pytestmark = pytest.mark.opensim
 
 ROOT = Path(__file__).parent.parent
-OSIM = ROOT / "models" / "simspine_default.osim"
-MARKERS = ROOT / "models" / "simspine37_markers.xml"
-NPZ = ROOT / "models" / "simspine_default.npz"
+OSIM = ROOT / "simspine_jax" / "data" / "simspine_default.osim"
+MARKERS = ROOT / "simspine_jax" / "data" / "simspine37_markers.xml"
+NPZ = ROOT / "simspine_jax" / "data" / "simspine_default.npz"
 
 FRAMES = 36
 RATE = 15.0  # 2.4 s: a whole forward bend (lumbar flexion to ~-6 deg), then a twist

@@ -1,0 +1,195 @@
+"""One Levenberg-Marquardt kernel with bound constraints, shared by every IK stage.
+
+The robust start, the per-frame stage, the smoothing stage and :func:`~simspine_jax.ik.ik_layer`
+all iterate :func:`lm_iterate`; they differ only in their :class:`LMOps` (how a point is
+evaluated and how the damped normal equations are solved: dense per frame, block-banded over a
+sequence). State is a pytree (:class:`LMState`); tolerances are traced values.
+
+Bounds by an active set. At a point q with gradient g = J'r (descent is -g), a coordinate on its
+lower limit with g > 0, or on its upper limit with g < 0, is *blocked*: the step would leave the
+box there. Blocked coordinates are frozen (their rows and columns of the normal matrix replaced
+by the identity, their gradient by 0) and the damped step is solved on the free ones; a free
+coordinate that crosses a limit during the step is clipped onto it, and the active set is
+recomputed at every point. So a solution may sit exactly on a limit (OpenSim's interior-point
+optimiser stays slightly inside).
+
+Stop tests, all on points actually reached (an accepted step, or a start's own evaluation):
+
+* stationary: the decrease the undamped Gauss-Newton model still promises on the free
+  coordinates, g_F' H_FF^-1 g_F (a projected-gradient measure in the metric of the normal
+  matrix), is at most ``tol_cost`` x cost;
+* fitted: the cost is at most ``fit_cost`` (a weighted RMS marker error of ``tol_marker``);
+* stalled (reported apart): a rejected step with the damping past ``MU_MAX``.
+
+The damping mu is relative to the largest curvature; the gain ratio rho = actual / predicted
+decrease of the step actually taken (after clipping) updates it: rho > 3/4 cuts it tenfold,
+rho < 1/4 doubles it, a rejection multiplies it by 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+MU_MAX = 1e10  # past this, a rejected step means no progress is possible: stalled
+MU_MIN = 1e-12
+PROMISE_RIDGE = 1e-10  # relative ridge of the undamped solve behind the stationarity test
+
+
+class LMState(NamedTuple):
+    """State of one LM problem (vmapped over frames, or one whole sequence)."""
+
+    q: jax.Array  # point reached, shape of the unknowns
+    cost: jax.Array  # () cost at q
+    H: Any  # Gauss-Newton matrix at q (a pytree: dense (n, n) or banded blocks)
+    g: jax.Array  # J'r at q, shape of q
+    aux: Any  # whatever the evaluation returns besides (e.g. model markers)
+    mu: jax.Array  # () relative damping
+    it: jax.Array  # () iterations done (a start's own evaluation is not one)
+    done: jax.Array  # () stopped: converged, stalled, or not to be solved
+    fresh: jax.Array  # () q is a start not evaluated yet
+    stalled: jax.Array  # () stopped by the damping ceiling, not by a stop test
+    radius: jax.Array  # () largest step per coordinate (rad or m) the next trial may take
+
+
+class LMOps(NamedTuple):
+    """The problem-specific parts of the kernel (static callables).
+
+    evaluate(q) -> (cost, H, g, aux): one FK + Jacobian pass.
+    solve(H, g, mu, free) -> d: the damped step on the free coordinates (0 elsewhere).
+    quad(H, d) -> d' H d.
+    """
+
+    evaluate: Callable
+    solve: Callable
+    quad: Callable
+
+
+def free_set(q, g, lo, hi):
+    """Coordinates a descent step may move: all but those on a limit with -g pointing out."""
+    return ~(((q <= lo) & (g > 0)) | ((q >= hi) & (g < 0)))
+
+
+def lm_start(q0, *, H0=None, aux0=None, mu=1e-3, skip=False, radius=jnp.inf):
+    """A problem about to start at ``q0`` (its first :func:`lm_iterate` evaluates ``q0``).
+
+    ``H0``/``aux0`` give the shapes of the matrix and auxiliary outputs (zeros are used)."""
+    dt = q0.dtype
+    return LMState(
+        q=q0,
+        cost=jnp.zeros((), dt),
+        H=jax.tree_util.tree_map(jnp.zeros_like, H0),
+        g=jnp.zeros_like(q0),
+        aux=jax.tree_util.tree_map(jnp.zeros_like, aux0),
+        mu=jnp.asarray(mu, dt),
+        it=jnp.asarray(0, jnp.int32),
+        done=jnp.asarray(skip),
+        fresh=jnp.asarray(True),
+        stalled=jnp.asarray(False),
+        radius=jnp.asarray(radius, dt),
+    )
+
+
+def promise(ops: LMOps, H, g, free):
+    """The decrease the undamped Gauss-Newton model promises on the free coordinates."""
+    d = ops.solve(H, g, jnp.asarray(PROMISE_RIDGE, g.dtype), free)
+    return -jnp.vdot(g, d)
+
+
+def lm_iterate(ops: LMOps, s: LMState, lo, hi, tol_cost, fit_cost) -> LMState:
+    """One evaluation: a fresh start evaluates its point; otherwise a damped step on the free
+    coordinates is tried and accepted if it lowers the cost. Stop tests as in the module doc."""
+    free = free_set(s.q, s.g, lo, hi)
+    d = ops.solve(s.H, s.g, s.mu, free)
+    big = jnp.max(jnp.abs(d))
+    capped = big > s.radius
+    d = d * jnp.minimum(1.0, s.radius / jnp.maximum(big, 1e-300))
+    q_try = jnp.where(s.fresh, s.q, jnp.clip(s.q + d, lo, hi))
+    c_new, H_new, g_new, aux_new = ops.evaluate(q_try)
+    accept = s.fresh | ((c_new < s.cost) & jnp.isfinite(c_new))
+    dc = q_try - s.q
+    pred = -(2.0 * jnp.vdot(s.g, dc) + ops.quad(s.H, dc))  # model decrease of the step taken
+    rho = (s.cost - c_new) / jnp.maximum(pred, 1e-300)
+    shrink = jnp.where(pred > 0, jnp.where(rho > 0.75, 0.1, jnp.where(rho > 0.25, 1.0, 2.0)), 1.0)
+    mu = jnp.where(accept, jnp.maximum(s.mu * shrink, MU_MIN), s.mu * 4.0)
+    mu = jnp.where(s.fresh, s.mu, mu)
+    # the step radius (max-norm) doubles after a capped step the model predicted well (a
+    # rejected step shrinks the next one through the damping already)
+    grow = accept & capped & (rho > 0.75) & (pred > 0)
+    radius = jnp.where(grow, 2.0 * s.radius, s.radius)
+    radius = jnp.where(s.fresh, s.radius, radius)
+
+    def pick(a, b):
+        return jax.tree_util.tree_map(lambda x, y: jnp.where(accept, x, y), a, b)
+
+    q, cost, H, g, aux = pick((q_try, c_new, H_new, g_new, aux_new), (s.q, s.cost, s.H, s.g, s.aux))
+    stationary = promise(ops, H, g, free_set(q, g, lo, hi)) <= tol_cost * cost
+    converged = accept & (stationary | (cost <= fit_cost))
+    stalled = ~accept & (mu > MU_MAX)
+    return LMState(
+        q=q,
+        cost=cost,
+        H=H,
+        g=g,
+        aux=aux,
+        mu=mu,
+        it=s.it + jnp.where(s.fresh, 0, 1).astype(jnp.int32),
+        done=s.done | converged | stalled,
+        fresh=jnp.zeros_like(s.fresh),
+        stalled=s.stalled | stalled,
+        radius=radius,
+    )
+
+
+def lm_while(ops, s, lo, hi, tol_cost, fit_cost, max_iters: int, cap: int) -> LMState:
+    """At most ``cap`` evaluations (and ``max_iters`` iterations in all): a ``while_loop``."""
+
+    def cond(c):
+        s, k = c
+        return (~s.done) & (s.it < max_iters) & (k < cap)
+
+    def body(c):
+        s, k = c
+        return lm_iterate(ops, s, lo, hi, tol_cost, fit_cost), k + 1
+
+    return jax.lax.while_loop(cond, body, (s, jnp.asarray(0, jnp.int32)))[0]
+
+
+def lm_scan(ops, s, lo, hi, tol_cost, fit_cost, n: int) -> LMState:
+    """Exactly ``n`` evaluations (a ``scan``: fixed cost, e.g. under vmap or for unrolled
+    differentiation); a stopped problem is left as it is."""
+
+    def step(s, _):
+        new = lm_iterate(ops, s, lo, hi, tol_cost, fit_cost)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(s.done, a, b), s, new), None
+
+    return jax.lax.scan(step, s, None, length=n)[0]
+
+
+# ----------------------------------------------------------------------------- dense ops
+def dense_solve(H, g, mu, free):
+    """(H_FF + mu max(diag H_FF) I) d_F = -g_F, d = 0 off the free set F (Cholesky; a failed
+    factorisation gives NaN, a step the accept test rejects). Shapes: H (n, n), g (n,)."""
+    f = free.astype(H.dtype)
+    dH = jnp.diagonal(H) * f
+    lam = mu * (jnp.max(dH) + 1e-300)
+    A = H * (f[:, None] * f[None, :]) + jnp.diag(1.0 - f + lam * f)
+    c = jax.scipy.linalg.cho_factor(A)
+    return -jax.scipy.linalg.cho_solve(c, g * f) * f
+
+
+def dense_quad(H, d):
+    return d @ (H @ d)
+
+
+def dense_ops(evaluate: Callable) -> LMOps:
+    """Ops of a dense problem whose ``evaluate(q)`` returns (r, J, aux)."""
+
+    def ev(q):
+        r, J, aux = evaluate(q)
+        return r @ r, J.T @ J, J.T @ r, aux
+
+    return LMOps(evaluate=ev, solve=dense_solve, quad=dense_quad)

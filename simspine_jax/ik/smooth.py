@@ -1,0 +1,130 @@
+"""The smoothing stage: LM on a whole sequence (or window) with the smoothness penalties
+lambda_v |D1 q|^2 + lambda_a |D2 q|^2, through the shared kernel (:mod:`.lm`).
+
+The normal matrix is block-pentadiagonal in time (n x n blocks: each frame's J'J on the
+diagonal, the penalties' scalar bands coupling each coordinate with itself at t +- 1, 2).
+Pairing frames makes it block tridiagonal with 2n x 2n blocks, solved exactly by a
+block-Cholesky (Thomas) ``lax.scan`` or by block cyclic reduction (``_banded``); no dense
+(T n) x (T n) matrix is formed. Bounds by the kernel's active set: a blocked coordinate of a
+frame has its row, column and couplings replaced by the identity.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .._banded import banded_solve
+from .lm import LMOps, lm_start, lm_while
+from .problem import CONVERGED, MAX_ITERS, IKOptions, IKParams, IKProblem, bounds, frame_inputs
+from .problem import frame_terms as _frame_terms
+
+
+def bands(valid, lam_v, lam_a, dtype):
+    """Bands of L = lam_v D1'D1 + lam_a D2'D2 restricted to valid frames (lambdas traced).
+
+    diag[t] = L[t,t]; off1[t] = L[t,t+1]; off2[t] = L[t,t+2] (0 past the end). Shapes: (T,).
+    """
+    v = valid.astype(dtype)
+    T = v.shape[0]
+    diag = jnp.zeros(T, dtype)
+    off1 = jnp.zeros(T, dtype)
+    off2 = jnp.zeros(T, dtype)
+    if T > 1:
+        r = lam_v * v[:-1] * v[1:]  # rows (t, t+1)
+        diag = diag.at[:-1].add(r).at[1:].add(r)
+        off1 = off1.at[:-1].add(-r)
+    if T > 2:
+        a = lam_a * v[:-2] * v[1:-1] * v[2:]  # rows (t-1, t, t+1), t = 1..T-2
+        diag = diag.at[:-2].add(a).at[1:-1].add(4 * a).at[2:].add(a)
+        off1 = off1.at[:-2].add(-2 * a).at[1:-1].add(-2 * a)
+        off2 = off2.at[:-2].add(a)
+    return diag, off1, off2
+
+
+def band_matvec(diag, off1, off2, q):
+    """(L kron I) q for q (T, n)."""
+    out = diag[:, None] * q
+    out = out.at[:-1].add(off1[:-1, None] * q[1:]).at[1:].add(off1[:-1, None] * q[:-1])
+    out = out.at[:-2].add(off2[:-2, None] * q[2:]).at[2:].add(off2[:-2, None] * q[:-2])
+    return out
+
+
+def _shift(a, k):
+    """a[t + k] (zeros past the end). Shape: a's."""
+    return jnp.concatenate([a[k:], jnp.zeros_like(a[:k])], 0)
+
+
+def banded_ops(tree, prob: IKProblem, z, w, cw, band, pad, method: str) -> LMOps:
+    """Kernel ops of the whole-sequence problem. H: per-frame J'J blocks (T, n, n)."""
+    diag, off1, off2 = band
+    ci, ct = prob.coord_index, prob.coord_target
+    terms = jax.vmap(lambda q, z, w, cw, ct: _frame_terms(tree, q, z, w, ci, cw, ct))
+
+    def evaluate(q):
+        x, _, r, J = terms(q, z, w, cw, ct)  # (T, R), (T, R, n)
+        Lq = band_matvec(diag, off1, off2, q)
+        cost = jnp.sum(r**2) + jnp.sum(q * Lq)
+        H = jnp.einsum("tri,trj->tij", J, J)
+        g = jnp.einsum("tri,tr->ti", J, r) + Lq
+        return cost, H, g, x
+
+    def solve(H, g, mu, free):
+        T, n = g.shape
+        f = free.astype(g.dtype)
+        eye = jnp.eye(n, dtype=g.dtype)
+        A = H + (diag + pad)[:, None, None] * eye
+        dA = jnp.diagonal(A, axis1=1, axis2=2)
+        A = A * (f[:, :, None] * f[:, None, :])
+        A = A + (mu * (dA + 1e-9) * f + (1.0 - f))[:, :, None] * eye  # Marquardt; frozen: I
+        c1 = off1[:, None] * f * _shift(f, 1)  # couplings of (t, t+1), per coordinate
+        c2 = off2[:, None] * f * _shift(f, 2)  # (t, t+2)
+        P = T // 2
+        A2 = A.reshape(P, 2, n, n)
+        c1p, c2p = c1.reshape(P, 2, n), c2.reshape(P, 2, n)
+        Bd = jnp.zeros((P, 2 * n, 2 * n), g.dtype)
+        Bd = Bd.at[:, :n, :n].set(A2[:, 0]).at[:, n:, n:].set(A2[:, 1])
+        Bd = (
+            Bd.at[:, :n, n:]
+            .set(c1p[:, 0, :, None] * eye)
+            .at[:, n:, :n]
+            .set(c1p[:, 0, :, None] * eye)
+        )
+        Cu = jnp.zeros((P, 2 * n, 2 * n), g.dtype)  # rows (2k, 2k+1), cols (2k+2, 2k+3)
+        Cu = Cu.at[:, :n, :n].set(c2p[:, 0, :, None] * eye)  # (2k, 2k+2)
+        Cu = Cu.at[:, n:, :n].set(c1p[:, 1, :, None] * eye)  # (2k+1, 2k+2)
+        Cu = Cu.at[:, n:, n:].set(c2p[:, 1, :, None] * eye)  # (2k+1, 2k+3)
+        Al = jnp.concatenate([jnp.zeros_like(Cu[:1]), jnp.swapaxes(Cu[:-1], 1, 2)], 0)
+        rhs = (g * f).reshape(P, 2 * n)
+        d = -banded_solve(Al, Bd, Cu, rhs, method=method).reshape(T, n)
+        return jnp.where(prob.frame_valid[:, None], d * f, 0.0)
+
+    def quad(H, d):
+        return jnp.einsum("ti,tij,tj->", d, H, d) + jnp.sum(d * band_matvec(diag, off1, off2, d))
+
+    return LMOps(evaluate=evaluate, solve=solve, quad=quad)
+
+
+def smooth_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_init, ok):
+    """LM on the whole sequence from ``q_init`` (T, n). Frames not ``ok`` (too few markers)
+    are filled by the smoothness prior. Returns q, iterations, status (CONVERGED or MAX_ITERS,
+    a scalar), J'J blocks (T, n, n) incl. coordinate-task rows, and model markers (T, M, 3)."""
+    lo, hi = bounds(tree)
+    z, w, _ = frame_inputs(prob.markers, prob.marker_weight[None, :])
+    w = jnp.where(ok[:, None], w, 0.0)  # frames without enough markers: smoothness only
+    cw = jnp.where(ok[:, None], prob.coord_weight[None, :], 0.0)
+    band = bands(prob.frame_valid, params.smooth_vel, params.smooth_acc, q_init.dtype)
+    pad = (~prob.frame_valid).astype(q_init.dtype)  # padding frames: pinned by an identity
+    ops = banded_ops(tree, prob, z, w, cw, band, pad, opts.banded)
+    T, n = q_init.shape
+    s = lm_start(
+        jnp.clip(q_init, lo, hi),
+        H0=jnp.zeros((T, n, n), q_init.dtype),
+        aux0=jnp.zeros(prob.markers.shape, q_init.dtype),
+        mu=params.mu_init,
+    )
+    s = lm_while(
+        ops, s, lo, hi, params.tol_cost, 0.0, opts.max_iters_smooth, opts.max_iters_smooth + 1
+    )
+    status = jnp.where(s.done & ~s.stalled, CONVERGED, MAX_ITERS)
+    return s.q, s.it, status, s.H, s.aux
