@@ -69,8 +69,10 @@ class IKOptions:
     # after a rejected one. Long Gauss-Newton steps along weakly observed directions (arm
     # rotation, pronation) otherwise jump into other local minima: measured on 5 mm noise,
     # uncapped frames cost 1.32x OpenSim's on average, capped 0.98x [traced]
-    chunk: int = 16  # stride (a power of two) of the frames solved first, in order; the
-    # frames between are solved coarse to fine in parallel (see per_frame.py)
+    chunk: int = 64  # stride (a power of two) of the frames solved first, in order; the
+    # frames between are solved coarse to fine in parallel (see per_frame.py); 64 beat 16 on
+    # three noisy 300-frame trials (mean cost vs OpenSim 0.98-0.99x vs 0.99-2.4x: the longer
+    # chain of the finer stride met more chances to switch basins)
     lanes: int = 0  # frames iterated in parallel per round and sequence; 0: 8 on CPU, 64 on
     # accelerators
     round_iters: int = 2  # FK + Jacobian evaluations per round before lanes are reassigned
