@@ -43,8 +43,7 @@ def _observed(res, limit=WEAK_SENSITIVITY):
 def test_recovers_truth_clean(tree, clean_trial):
     res = solve_ik(tree, clean_trial["markers"])
     assert np.all(np.asarray(res.status) == 0)
-    # stop tests: fitted (1 um RMS) or stationary to tol_cost (1e-6 of the cost) first
-    assert np.nanmax(res.rms_error) < 1e-4
+    assert np.nanmax(res.rms_error) < 1e-6
     obs = _observed(res)
     must = [
         n
@@ -54,9 +53,7 @@ def test_recovers_truth_clean(tree, clean_trial):
     names = np.array(tree.independent_names)
     assert set(must) <= set(names[obs]), set(must) - set(names[obs])
     err = np.abs(np.asarray(res.q) - clean_trial["q_true"])[:, obs]
-    # a stationary stop on a nearly flat direction can leave ~0.2 deg (known, issue 8 note)
-    assert err.max() < np.deg2rad(0.25), err.max()
-    assert np.median(err) < np.deg2rad(0.001)
+    assert err.max() < np.deg2rad(0.01), err.max()
 
 
 def test_unobserved_stay_at_default(tree, clean_trial):
@@ -198,10 +195,8 @@ def test_batch_in_groups_with_remainder_equals_single(two_link_trial):
     for s, b in zip(seqs, out, strict=True):
         one = solve_ik(tree, s, options=opts)
         assert b.q.shape == one.q.shape
-        # vmapped and single programs round differently: a stop test may fire one iteration
-        # apart, so equal to within the solver's tolerance (contamination would be far larger)
-        np.testing.assert_allclose(b.q, one.q, atol=1e-5)
-        assert np.max(np.abs(b.iterations - one.iterations)) <= 2
+        np.testing.assert_allclose(b.q, one.q, atol=1e-9)
+        np.testing.assert_array_equal(b.iterations, one.iterations)
 
 
 def test_schedule_orders_coarse_to_fine():
@@ -338,5 +333,7 @@ def test_bounds_active_set_reaches_the_constrained_optimum(tmp_path):
             return frame_costs(tree, np.array([[a, 0.3]]), z[t : t + 1], w, None)[0]
 
         best = minimize_scalar(cost, bounds=(-3, 3), method="bounded", options={"xatol": 1e-10})
-        assert abs(q[t, 0] - best.x) < 2e-4, (t, q[t, 0], best.x)  # cost is the criterion
+        # the stop test leaves cost within tol_cost (1e-6) relative, so q within about
+        # sqrt(1e-6 * cost / curvature) ~ 5e-5 here; cost is the criterion
+        assert abs(q[t, 0] - best.x) < 2e-4, (t, q[t, 0], best.x)
         assert float(np.asarray(res.cost)[t]) <= best.fun * (1 + 1e-6) + 1e-15  # tol_cost

@@ -99,14 +99,38 @@ def promise(ops: LMOps, H, g, free):
     return -jnp.vdot(g, d)
 
 
+RADIUS_SOLVES = 3  # damping increases tried to bring a step inside the radius
+
+
+def _radius_step(ops: LMOps, s: LMState, free):
+    """The damped step, with the damping raised until no coordinate moves more than the step
+    radius (the trust-region form of LM): a larger damping shortens the weakly curved
+    directions most and leaves well-observed ones near the Gauss-Newton step. A coordinate
+    whose curvature is far below the damping moves as g / damping, so raising the damping by
+    the overshoot max|d| / radius brings it inside; after RADIUS_SOLVES such raises a step
+    still outside is scaled onto the radius. Returns the step, the damping used, and whether
+    the radius bound it."""
+
+    def raise_damping(_, c):
+        d, mu = c
+        over = jnp.max(jnp.abs(d)) / s.radius
+        # a cond, not a select: an unbatched problem (the smoothing stage) skips the solve
+        return jax.lax.cond(
+            over > 1.0, lambda: (ops.solve(s.H, s.g, mu * over, free), mu * over), lambda: (d, mu)
+        )
+
+    d0 = ops.solve(s.H, s.g, s.mu, free)
+    d, mu = jax.lax.fori_loop(0, RADIUS_SOLVES, raise_damping, (d0, s.mu))
+    big = jnp.max(jnp.abs(d))
+    d = d * jnp.minimum(1.0, s.radius / jnp.maximum(big, 1e-300))
+    return d, mu, jnp.max(jnp.abs(d0)) > s.radius
+
+
 def lm_iterate(ops: LMOps, s: LMState, lo, hi, tol_cost, fit_cost) -> LMState:
     """One evaluation: a fresh start evaluates its point; otherwise a damped step on the free
     coordinates is tried and accepted if it lowers the cost. Stop tests as in the module doc."""
     free = free_set(s.q, s.g, lo, hi)
-    d = ops.solve(s.H, s.g, s.mu, free)
-    big = jnp.max(jnp.abs(d))
-    capped = big > s.radius
-    d = d * jnp.minimum(1.0, s.radius / jnp.maximum(big, 1e-300))
+    d, mu_used, capped = _radius_step(ops, s, free)
     q_try = jnp.where(s.fresh, s.q, jnp.clip(s.q + d, lo, hi))
     c_new, H_new, g_new, aux_new = ops.evaluate(q_try)
     accept = s.fresh | ((c_new < s.cost) & jnp.isfinite(c_new))
@@ -114,7 +138,7 @@ def lm_iterate(ops: LMOps, s: LMState, lo, hi, tol_cost, fit_cost) -> LMState:
     pred = -(2.0 * jnp.vdot(s.g, dc) + ops.quad(s.H, dc))  # model decrease of the step taken
     rho = (s.cost - c_new) / jnp.maximum(pred, 1e-300)
     shrink = jnp.where(pred > 0, jnp.where(rho > 0.75, 0.1, jnp.where(rho > 0.25, 1.0, 2.0)), 1.0)
-    mu = jnp.where(accept, jnp.maximum(s.mu * shrink, MU_MIN), s.mu * 4.0)
+    mu = jnp.where(accept, jnp.maximum(mu_used * shrink, MU_MIN), mu_used * 4.0)
     mu = jnp.where(s.fresh, s.mu, mu)
     # the step radius (max-norm) doubles after a capped step the model predicted well (a
     # rejected step shrinks the next one through the damping already)

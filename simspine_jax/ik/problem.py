@@ -55,7 +55,9 @@ class IKOptions:
 
     smooth_vel: float = 0.0  # lambda_v on |q_{t+1} - q_t|^2 (per frame, rad or m)   [traced]
     smooth_acc: float = 0.0  # lambda_a on |q_{t+1} - 2 q_t + q_{t-1}|^2             [traced]
-    max_iters: int = 60  # LM iterations per frame (per-frame stage)
+    max_iters: int = 150  # LM iterations per frame (per-frame stage); frames creeping along
+    # flat directions need them: 5 mm trial, 60 -> 150 took max_iters frames 17 -> 3 of 300
+    # at +9 % iterations
     max_iters_smooth: int = 60  # global iterations (smoothing stage)
     tol_cost: float = 1e-6  # converged when the Gauss-Newton decrease still available on the
     # free coordinates (undamped model, bound-blocked coordinates frozen) is below
