@@ -82,6 +82,7 @@ def run_fk(model: str, mot: str, out_trc: str, markers: str | None = None, plot:
     from .fk import forward_kinematics
     from .io import read_storage, write_trc
     from .model import load_model
+    from .pipeline import motion_to_independent
 
     tree = load_model(model, markers=markers)
     motion = read_storage(mot)
@@ -105,30 +106,6 @@ def run_fk(model: str, mot: str, out_trc: str, markers: str | None = None, plot:
         plot_marker_trajectories(motion.time, pos, tree.marker_names, plot)
         summary["plot"] = str(plot)
     return summary
-
-
-def motion_to_independent(tree, motion, path) -> np.ndarray:
-    """Independent coordinates (radians, metres) from a StorageData of a motion file."""
-    from .errors import InputError
-
-    idx = {c: i for i, c in enumerate(motion.labels)}
-    cols = []
-    for name in tree.independent_names:
-        if name not in idx:
-            raise InputError(
-                f"motion has no column for independent coordinate '{name}'", path=str(path)
-            )
-        v = motion.values[:, idx[name]].astype(np.float64)
-        info = tree.meta["coordinates"][tree.coordinate_names.index(name)]
-        if motion.in_degrees and info["motion_type"] == "rotational":
-            v = np.deg2rad(v)
-        bad = np.nonzero(~np.isfinite(v))[0]
-        if bad.size:
-            raise InputError(
-                "value is not a finite number", path=str(path), frame=int(bad[0]), field=name
-            )
-        cols.append(v)
-    return np.stack(cols, -1)
 
 
 def _show_our_warnings_on_one_line() -> None:

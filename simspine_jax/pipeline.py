@@ -32,6 +32,28 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+def motion_to_independent(tree, motion, path) -> np.ndarray:
+    """Independent coordinates (radians, metres) from a StorageData of a motion file."""
+    idx = {c: i for i, c in enumerate(motion.labels)}
+    cols = []
+    for name in tree.independent_names:
+        if name not in idx:
+            raise InputError(
+                f"motion has no column for independent coordinate '{name}'", path=str(path)
+            )
+        v = motion.values[:, idx[name]].astype(np.float64)
+        info = tree.meta["coordinates"][tree.coordinate_names.index(name)]
+        if motion.in_degrees and info["motion_type"] == "rotational":
+            v = np.deg2rad(v)
+        bad = np.nonzero(~np.isfinite(v))[0]
+        if bad.size:
+            raise InputError(
+                "value is not a finite number", path=str(path), frame=int(bad[0]), field=name
+            )
+        cols.append(v)
+    return np.stack(cols, -1)
+
+
 def trc_to_model_markers(tree, trc, path) -> np.ndarray:
     """TRC positions reordered to the model's markers (NaN for model markers not in the file).
 
@@ -197,7 +219,6 @@ def run_demo(out, frames: int = 300, opensim_check: bool = True, excerpt: int = 
         default_model_path,
         default_osim_path,
     )
-    from .cli import motion_to_independent
     from .io import read_storage, write_trc
     from .model import load_model
     from .plots import plot_ik_summary

@@ -56,7 +56,7 @@ import jax  # noqa: E402
 from scipy.optimize import least_squares  # noqa: E402
 
 from simspine_jax import InputError, forward_kinematics, load_model  # noqa: E402
-from simspine_jax.cli import main, motion_to_independent  # noqa: E402
+from simspine_jax.cli import main  # noqa: E402
 from simspine_jax.ik import WEAK_SENSITIVITY, solve_ik  # noqa: E402
 from simspine_jax.ik_setup import (  # noqa: E402
     apply_setup,
@@ -70,7 +70,12 @@ from simspine_jax.osim_bridge.ik import (  # noqa: E402
     run_opensim_ik,
     run_opensim_ik_subprocess,
 )
-from simspine_jax.pipeline import crosscheck, frame_costs, trc_to_model_markers  # noqa: E402
+from simspine_jax.pipeline import (  # noqa: E402
+    crosscheck,
+    frame_costs,
+    motion_to_independent,
+    trc_to_model_markers,
+)
 from simspine_jax.synth import synthetic_trial  # noqa: E402
 
 pytestmark = pytest.mark.opensim

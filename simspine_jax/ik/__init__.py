@@ -26,7 +26,7 @@ from .problem import (
     make_problem,
 )
 from .problem import residual as _residual
-from .solve import CPU_SEQUENCE_GROUP, solve_ik, solve_ik_batch, solve_sequences
+from .solve import CPU_SEQUENCE_GROUP, solve_ik, solve_ik_batch
 
 __all__ = [
     "CONVERGED",
@@ -48,7 +48,6 @@ __all__ = [
     "make_problem",
     "solve_ik",
     "solve_ik_batch",
-    "solve_sequences",
     "_residual",
     "_schedule",
 ]

@@ -236,7 +236,7 @@ def _window_margin(segment: int) -> int:
     return min(256, segment // 8)
 
 
-def solve_sequences(
+def solve_ik_batch(
     tree: KinematicTree,
     sequences: list,
     marker_weight=None,
@@ -245,8 +245,13 @@ def solve_sequences(
     cache_dir: str | None = None,
     progress: bool = False,
 ) -> list[IKResult]:
-    """Solve many sequences of any lengths together (see the module doc). Returns one
-    :class:`IKResult` (numpy arrays) per sequence, cut to its length."""
+    """Solve many sequences of any lengths together, one compiled call per segment (padding +
+    masks; see the module doc). Returns one :class:`IKResult` (numpy arrays) per sequence, cut
+    to its length. ``cache_dir``: keep the traced solver there (``jax.export``), so a new
+    process skips tracing and, with JAX's persistent compilation cache, compilation too (used
+    by the CLI). ``coord_tasks``: one (index, weight, target) tuple for every sequence, or a
+    list with one tuple per sequence (same index and weight; e.g. per-frame targets from
+    coordinate files). ``progress``: a progress bar over the segments of long trials."""
     if not sequences:
         return []
     _check_dtype(tree)
@@ -362,23 +367,4 @@ def solve_ik(
     """Solve IK for one sequence. ``markers`` (T, M, 3) metres, NaN = missing.
 
     Returns an :class:`IKResult` (numpy arrays) of T frames."""
-    return solve_sequences(tree, [markers], marker_weight, coord_tasks, options, None, progress)[0]
-
-
-def solve_ik_batch(
-    tree: KinematicTree,
-    sequences: list,
-    marker_weight=None,
-    coord_tasks=None,
-    options: IKOptions | None = None,
-    cache_dir: str | None = None,
-    progress: bool = False,
-) -> list[IKResult]:
-    """Solve many sequences of different lengths in one compiled call per segment (padding +
-    masks). ``cache_dir``: keep the traced solver there (``jax.export``), so a new process skips
-    tracing and, with JAX's persistent compilation cache, compilation too (used by the CLI).
-    ``coord_tasks``: one (index, weight, target) tuple for every sequence, or a list with one
-    tuple per sequence (same index and weight; e.g. per-frame targets from coordinate files)."""
-    return solve_sequences(
-        tree, sequences, marker_weight, coord_tasks, options, cache_dir, progress
-    )
+    return solve_ik_batch(tree, [markers], marker_weight, coord_tasks, options, None, progress)[0]
