@@ -99,10 +99,10 @@ def banded_ops(tree, prob: IKProblem, z, w, cw, band, pad, method: str) -> LMOps
         d = -banded_solve(Al, Bd, Cu, rhs, method=method).reshape(T, n)
         return jnp.where(prob.frame_valid[:, None], d * f, 0.0)
 
-    def quad(H, d):
-        return jnp.einsum("ti,tij,tj->", d, H, d) + jnp.sum(d * band_matvec(diag, off1, off2, d))
+    def matvec(H, d):
+        return jnp.einsum("tij,tj->ti", H, d) + band_matvec(diag, off1, off2, d)
 
-    return LMOps(evaluate=evaluate, solve=solve, quad=quad)
+    return LMOps(evaluate=evaluate, solve=solve, matvec=matvec)
 
 
 def smooth_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_init, ok):
