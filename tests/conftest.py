@@ -4,9 +4,18 @@ Must run before any test module builds a jax array; a tree built with ``dtype=jn
 is still float32.
 """
 
+import os
+import tempfile
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+# the pipeline's persistent caches (XLA executables, traced solvers) in a folder of this test
+# session, unless the caller chose one: a user's cache shared with other processes running at
+# the same time is no place for tests (twice here an XLA compile crashed in a pytest run while
+# another simspine-jax process wrote the same cache)
+os.environ.setdefault("SIMSPINE_JAX_CACHE", tempfile.mkdtemp(prefix="simspine-jax-test-cache-"))
 
 from pathlib import Path  # noqa: E402
 
