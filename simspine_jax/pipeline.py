@@ -22,8 +22,12 @@ def cache_root() -> Path:
 
 
 def enable_compilation_cache() -> None:
-    """JAX's persistent compilation cache, so a second run does not recompile."""
+    """JAX's persistent compilation cache, so a second run does not recompile
+    (``SIMSPINE_JAX_XLA_CACHE=0`` leaves it off)."""
     import jax
+
+    if os.environ.get("SIMSPINE_JAX_XLA_CACHE", "1") == "0":
+        return
 
     cache = cache_root() / "xla"
     cache.mkdir(parents=True, exist_ok=True)

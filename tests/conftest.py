@@ -16,6 +16,10 @@ jax.config.update("jax_enable_x64", True)
 # the same time is no place for tests (twice here an XLA compile crashed in a pytest run while
 # another simspine-jax process wrote the same cache)
 os.environ.setdefault("SIMSPINE_JAX_CACHE", tempfile.mkdtemp(prefix="simspine-jax-test-cache-"))
+# and no persistent XLA cache in this long-lived process: after ~200 tests (OpenSim loaded in
+# the process, many programs compiled) XLA segfaulted serializing an executable into it, in
+# the same test on every run (jaxlib 0.10.2; child processes inherit the setting)
+os.environ.setdefault("SIMSPINE_JAX_XLA_CACHE", "0")
 
 from pathlib import Path  # noqa: E402
 
