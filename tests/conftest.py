@@ -37,3 +37,16 @@ def setup_dir() -> Path:
         return pose2sim_setup_dir()
     except (SimSpineError, FileNotFoundError) as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. XLA CPU maps every compiled
+    kernel into memory separately: tests/test_ik.py alone left this process with 43,000 of
+    the kernel's 65,530 allowed memory maps (vm.max_map_count), and the whole suite ran out:
+    the next compile segfaulted inside XLA."""
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
