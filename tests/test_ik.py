@@ -337,3 +337,13 @@ def test_bounds_active_set_reaches_the_constrained_optimum(tmp_path):
         # sqrt(1e-6 * cost / curvature) ~ 5e-5 here; cost is the criterion
         assert abs(q[t, 0] - best.x) < 2e-4, (t, q[t, 0], best.x)
         assert float(np.asarray(res.cost)[t]) <= best.fun * (1 + 1e-6) + 1e-15  # tol_cost
+
+
+def test_last_frame_that_is_coarse_keeps_its_iterations(two_link_trial):
+    """The last valid frame joins the coarse chain; when it is a coarse frame already (a
+    one-frame trial, or T = k * chunk + 1) it is not solved twice, and its iteration count is
+    that of its own solve (was 0: a second, converged-at-once solve overwrote it)."""
+    tree, _, z = two_link_trial
+    for T in (1, 17):
+        res = solve_ik(tree, z[:T], options=IKOptions(min_markers=2, chunk=16))
+        assert np.asarray(res.status)[-1] == 0 and np.asarray(res.iterations)[-1] > 0, T

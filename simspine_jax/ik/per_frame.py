@@ -259,16 +259,18 @@ def per_frame_stage(
         return (jnp.where(okk, s.q, q_prev), cold & ~okk), s
 
     # the coarse frames in order, then the last valid frame (one lane: they form a chain)
-    chain = jnp.concatenate([jnp.asarray(coarse), last[None]])
-    xs = (z[chain], w[chain], ct[chain], ok[chain])
+    # (a last frame that is itself coarse gets slot T: not solved again, dropped on scatter)
+    extra = jnp.where(last % opts.chunk == 0, T, last)
+    chain = jnp.concatenate([jnp.asarray(coarse), extra[None]])
+    src = jnp.minimum(chain, T - 1)
+    xs = (z[src], w[src], ct[src], ok[src] & (chain < T))
     _, cs = jax.lax.scan(chain_step, (q_start, jnp.asarray(cold_start)), xs)
     st0 = jax.tree_util.tree_map(
         lambda a: jnp.broadcast_to(a, (T,) + a.shape),
         lm_start(q_start, H0=H0, aux0=x0, mu=0.0, skip=False),
     )
-    # a coarse frame that is also the last one is set twice with the same solution
-    st0 = jax.tree_util.tree_map(lambda a, c: a.at[chain].set(c), st0, cs)
-    carry = (st0, jnp.zeros(T, bool).at[chain].set(True))
+    st0 = jax.tree_util.tree_map(lambda a, c: a.at[chain].set(c, mode="drop"), st0, cs)
+    carry = (st0, jnp.zeros(T, bool).at[chain].set(True, mode="drop"))
 
     def active(c):
         busy = ~jnp.all(finished(*c))
