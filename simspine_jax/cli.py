@@ -180,7 +180,19 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--out", default="out/demo", help="output folder")
     d.add_argument("--frames", type=int, default=300, help="frames of the sample trial")
     d.add_argument("--no-opensim", action="store_true", help="skip the OpenSim cross-check")
+
+    # further subcommands live beside their stage: each module of simspine_jax/commands/ named
+    # here has ``register(sub)``, adding its parsers with ``set_defaults(run=handler)``; the
+    # handler takes the parsed arguments and returns an exit code (or None for 0).
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"simspine_jax.commands.{name}").register(sub)
     return p
+
+
+# modules of simspine_jax/commands/ that add subcommands (one line each, in menu order)
+_COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_xla_cpu()  # before the first JAX computation of this process
     _show_our_warnings_on_one_line()
     try:
+        if getattr(args, "run", None) is not None:
+            return int(args.run(args) or 0)
         if args.cmd == "export":
             out = export_model(args.osim, args.out, args.markers)
             print(f"wrote {out}")
