@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -269,7 +267,16 @@ def tree_from_export(exported, dtype=None) -> KinematicTree:
 
 
 def save_tree(tree_or_export, path: str | Path) -> Path:
-    """Write a kinematic tree as one ``.npz`` (arrays + a ``meta.json`` entry), atomically."""
+    """Write a kinematic tree as one ``.npz`` file (arrays + a ``meta.json`` entry), atomically.
+
+    The path given is the path written, whatever its extension (``x.export`` stays
+    ``x.export``; :func:`load_model` reads it back). Like every writer here (see
+    :func:`simspine_jax.io.atomic_open`), the file gets the umask's permissions (or the old
+    file's), a non-regular target is refused and a failed write raises
+    :class:`~simspine_jax.io.outputs.OutputError` naming the path.
+    """
+    from .io import atomic_open
+
     if isinstance(tree_or_export, KinematicTree):
         meta = tree_or_export.meta
         arrays = {**tree_or_export.topology.arrays, **_numpy_leaves(tree_or_export)}
@@ -277,25 +284,14 @@ def save_tree(tree_or_export, path: str | Path) -> Path:
         meta, arrays = tree_or_export.meta, tree_or_export.arrays
     meta = dict(meta, format=FORMAT_NAME, version=FORMAT_VERSION)
     path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
         meta_json=np.frombuffer(json.dumps(meta, indent=1).encode(), np.uint8),
         **{k: np.asarray(v) for k, v in arrays.items()},
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
     return path
 
 

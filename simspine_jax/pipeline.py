@@ -77,44 +77,63 @@ def trc_to_model_markers(tree, trc, path) -> np.ndarray:
     return out
 
 
+# the files of one IK trial, named after its TRC's stem as OpenSim's IK tool names them
+IK_OUTPUT_SUFFIXES = (".mot", "_marker_errors.sto", "_model_marker_locations.sto")
+
+
+def ik_output_paths(out_dir, stem: str) -> list[Path]:
+    """The files :func:`write_ik_outputs` writes for trial ``stem`` in ``out_dir``."""
+    return [Path(out_dir) / f"{stem}{suffix}" for suffix in IK_OUTPUT_SUFFIXES]
+
+
 def write_ik_outputs(tree, out_dir: Path, stem: str, time_s, res, weights) -> dict:
     """Write ``<stem>.mot``, ``<stem>_marker_errors.sto``, ``<stem>_model_marker_locations.sto``
-    the way OpenSim's IK tool does. Returns the summary of the trial."""
+    the way OpenSim's IK tool does. Returns the summary of the trial.
+
+    The three files appear together or not at all (:func:`simspine_jax.io.outputs.output_set`):
+    they are written and fsync'ed in a staging folder inside ``out_dir``, then moved in with
+    interrupts held. An error while writing (disk full, permission denied), a
+    ``KeyboardInterrupt`` or SIGTERM leaves the trial's previous files as they were and no
+    temporary files; existing targets that are not regular files are refused
+    (:class:`~simspine_jax.io.outputs.OutputError`).
+    """
     from .io import write_storage
+    from .io.outputs import output_set
     from .synth import coordinates_for_storage
 
-    q_full = np.asarray(res.q_full, np.float64)
-    write_storage(
-        out_dir / f"{stem}.mot",
-        list(tree.coordinate_names),
-        time_s,
-        coordinates_for_storage(tree, q_full),
-        in_degrees=True,
-        name="Coordinates",
-    )
+    weights = np.asarray(weights)
     err = np.asarray(res.marker_error, np.float64)
-    used = np.isfinite(err) & (np.asarray(weights)[None, :] > 0)
-    sq = np.where(used, np.asarray(weights)[None, :] * np.nan_to_num(err) ** 2, 0.0).sum(1)
-    write_storage(
-        out_dir / f"{stem}_marker_errors.sto",
-        ["total_squared_error", "marker_error_RMS", "marker_error_max"],
-        time_s,
-        np.stack([sq, np.asarray(res.rms_error), np.asarray(res.max_error)], 1),
-        in_degrees=None,
-        name="Model Marker Errors from IK",
-        kind="sto",
-    )
+    used = np.isfinite(err) & (weights[None, :] > 0)
+    sq = np.where(used, weights[None, :] * np.nan_to_num(err) ** 2, 0.0).sum(1)
     loc = np.asarray(res.model_markers, np.float64)
-    labels = [f"{m}_{a}" for m in tree.marker_names for a in ("tx", "ty", "tz")]
-    write_storage(
-        out_dir / f"{stem}_model_marker_locations.sto",
-        labels,
-        time_s,
-        loc.reshape(loc.shape[0], -1),
-        in_degrees=None,
-        name="Model Marker Locations from IK",
-        kind="sto",
-    )
+    with output_set(out_dir, field="out") as stage:
+        mot, errors, locations = ik_output_paths(stage, stem)
+        write_storage(
+            mot,
+            list(tree.coordinate_names),
+            time_s,
+            coordinates_for_storage(tree, np.asarray(res.q_full, np.float64)),
+            in_degrees=True,
+            name="Coordinates",
+        )
+        write_storage(
+            errors,
+            ["total_squared_error", "marker_error_RMS", "marker_error_max"],
+            time_s,
+            np.stack([sq, np.asarray(res.rms_error), np.asarray(res.max_error)], 1),
+            in_degrees=None,
+            name="Model Marker Errors from IK",
+            kind="sto",
+        )
+        write_storage(
+            locations,
+            [f"{m}_{a}" for m in tree.marker_names for a in ("tx", "ty", "tz")],
+            time_s,
+            loc.reshape(loc.shape[0], -1),
+            in_degrees=None,
+            name="Model Marker Locations from IK",
+            kind="sto",
+        )
     status = np.asarray(res.status)
     sens = np.asarray(res.sensitivity)
     weak = [
@@ -138,6 +157,23 @@ def write_ik_outputs(tree, out_dir: Path, stem: str, time_s, res, weights) -> di
     )
 
 
+def plan_ik_outputs(out, trcs, inputs=()) -> list[str]:
+    """Check, before any work, where :func:`run_ik_files` will write: ``out`` must be a folder
+    (or not exist yet), no two trials may share a stem (their files would overwrite each other:
+    refused, not renamed, so each output keeps the name OpenSim gives it), and no output may be
+    an input (the TRCs or ``inputs``) or an existing non-regular file. Returns the stems.
+    Raises :class:`~simspine_jax.io.outputs.OutputError`."""
+    from .io.outputs import check_output_dir, check_output_file, refuse_inputs, unique_stems
+
+    check_output_dir(out, field="out")
+    stems = unique_stems(trcs, field="trc")
+    paths = [p for stem in stems for p in ik_output_paths(out, stem)]
+    for p in paths:
+        check_output_file(p, field="out")
+    refuse_inputs(paths, [*trcs, *inputs], field="out")
+    return stems
+
+
 def run_ik_files(
     model,
     trcs,
@@ -149,7 +185,14 @@ def run_ik_files(
     smooth_acc=0.0,
     progress=True,
 ) -> list[dict]:
-    """IK of TRC trials, solved together in one compiled batch; writes OpenSim-style files."""
+    """IK of TRC trials, solved together in one compiled batch; writes OpenSim-style files.
+
+    ``out`` is a folder; each trial writes the files of :func:`write_ik_outputs` there, named
+    after its TRC's stem, as one set (all or none). Checked before solving
+    (:func:`plan_ik_outputs`): two TRCs with the same stem, an output that would replace an
+    input (TRC, model, markers, setup) or a non-regular file are refused with
+    :class:`~simspine_jax.io.outputs.OutputError`.
+    """
     import jax
 
     jax.config.update("jax_enable_x64", True)  # IK runs in float64 (see ik.solve_ik)
@@ -162,6 +205,7 @@ def run_ik_files(
     from .model import load_model
 
     t_start = time.perf_counter()
+    stems = plan_ik_outputs(out, trcs, [model, markers, setup])
     tree = load_model(model, markers=markers)
     trials = [read_trc(p) for p in trcs]
     seqs = [trc_to_model_markers(tree, t, p) for t, p in zip(trials, trcs, strict=True)]
@@ -192,11 +236,10 @@ def run_ik_files(
     jax.block_until_ready(results)
     solve_s = time.perf_counter() - t0
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     summaries = []
-    it = zip(trials, trcs, results, strict=True)
-    for trial, path, res in tqdm(it, total=len(trials), disable=not progress, desc="writing"):
-        s = write_ik_outputs(tree, out, Path(path).stem, trial.time, res, weights)
+    it = zip(trials, stems, results, strict=True)
+    for trial, stem, res in tqdm(it, total=len(trials), disable=not progress, desc="writing"):
+        s = write_ik_outputs(tree, out, stem, trial.time, res, weights)
         s["solve_s_incl_compile"] = round(solve_s, 2)  # all trials, one call
         s["frames_per_s_incl_compile"] = round(sum(len(t.time) for t in trials) / solve_s, 1)
         s["wall_s"] = round(time.perf_counter() - t_start, 2)
@@ -212,6 +255,9 @@ def run_demo(out, frames: int = 300, opensim_check: bool = True, excerpt: int = 
     few gaps) is written as TRC, solved with the default IK setup (Pose2Sim-style weights and
     the L5_S1 coordinate task), written as OpenSim files with a plot, and, when the opensim
     package is installed, cross-checked against OpenSim's IK on a short excerpt.
+
+    ``out`` is a folder (created if missing; a file there is refused); its files are
+    replaced one trial set at a time, as in :func:`run_ik_files` and :func:`crosscheck`.
     """
     import jax
 
@@ -224,13 +270,16 @@ def run_demo(out, frames: int = 300, opensim_check: bool = True, excerpt: int = 
         default_osim_path,
     )
     from .io import read_storage, write_trc
+    from .io.outputs import check_output_dir, check_output_file, writing_to
     from .model import load_model
     from .plots import plot_ik_summary
     from .synth import synthetic_trial
 
     setup = default_ik_setup_path()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, field="out")
+    plot = check_output_file(out / "sample_trial_ik.png", field="out")
+    with writing_to(out, field="out"):
+        out.mkdir(parents=True, exist_ok=True)
     tree = load_model(default_model_path())
     trial = synthetic_trial(tree, frames, noise_m=0.005, gap_fraction=0.02, seed=0)
     trc = out / "sample_trial.trc"
@@ -238,12 +287,13 @@ def run_demo(out, frames: int = 300, opensim_check: bool = True, excerpt: int = 
     summaries = run_ik_files(default_model_path(), [trc], out, setup=setup, progress=False)
     mot = read_storage(out / "sample_trial.mot")
     q = motion_to_independent(tree, mot, out / "sample_trial.mot")
-    plot_ik_summary(tree, trial, q, out / "sample_trial_ik.png")
+    with writing_to(plot, field="out"):
+        plot_ik_summary(tree, trial, q, plot)
     err_deg = np.rad2deg(np.abs(q - trial["q_true"]))
     report = dict(
         summary=summaries[0],
         coordinate_error_vs_truth_deg_median=round(float(np.median(err_deg)), 3),
-        plot=str(out / "sample_trial_ik.png"),
+        plot=str(plot),
     )
     if opensim_check:
         # found, not imported: OpenSim runs in a child process (see crosscheck)
@@ -323,7 +373,9 @@ def crosscheck(
     ``opensim.frame_costs``: :func:`frame_costs`, one per TRC frame), the frames (0-based) where
     ours costs more than 2 % above OpenSim's and their count, wall times, frames/s ratio) and a
     plot of the coordinates that differ most. Coordinates that the markers observe poorly
-    (sensitivity) are flagged.
+    (sensitivity) are flagged. ``crosscheck.json`` and ``crosscheck.png`` appear together or
+    not at all (:func:`simspine_jax.io.outputs.output_set`); an output (ours or OpenSim's) that
+    would replace an input or a non-regular file is refused before any work.
     """
     import jax
 
@@ -332,11 +384,30 @@ def crosscheck(
     from .ik import IKOptions, solve_ik
     from .ik_setup import apply_setup, read_ik_setup
     from .io import read_trc
+    from .io.outputs import (
+        check_output_dir,
+        check_output_file,
+        output_set,
+        refuse_inputs,
+        writing_to,
+    )
     from .model import load_model
     from .osim_bridge.ik import run_opensim_ik_subprocess
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, field="out")
+    check_output_dir(out / "opensim", field="out")
+    name = Path(trc).stem.replace(".", "_")  # OpenSim's names (see run_opensim_ik)
+    outputs = [
+        out / "crosscheck.json",
+        out / "crosscheck.png",
+        out / "opensim" / f"{name}.mot",
+        out / "opensim" / f"{name}_ik_marker_errors.sto",
+    ]
+    for p in outputs:
+        check_output_file(p, field="out")
+    refuse_inputs(outputs, [osim, trc, setup, markers], field="out")
+    with writing_to(out, field="out"):
+        (out / "opensim").mkdir(parents=True, exist_ok=True)
     tree = load_model(osim, markers=markers)
     data = read_trc(trc)
     seq = trc_to_model_markers(tree, data, trc)
@@ -435,9 +506,10 @@ def crosscheck(
     )
     from .io import atomic_write_text
 
-    atomic_write_text(out / "crosscheck.json", json.dumps(report, indent=1))
-    if plot:
-        from .plots import plot_crosscheck
+    with output_set(out, field="out") as stage:
+        atomic_write_text(stage / "crosscheck.json", json.dumps(report, indent=1))
+        if plot:
+            from .plots import plot_crosscheck
 
-        plot_crosscheck(tree, ref["time"], q_ours, q_ref, coords, out / "crosscheck.png")
+            plot_crosscheck(tree, ref["time"], q_ours, q_ref, coords, stage / "crosscheck.png")
     return report

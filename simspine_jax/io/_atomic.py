@@ -3,6 +3,12 @@
 The data goes to a temporary file in the target's directory (same filesystem, so the final
 ``os.replace`` is an atomic rename), is flushed and fsync'ed, and only then replaces the target.
 If anything fails before that, the temporary file is removed and the target is untouched.
+
+Only a regular file is replaced: a FIFO, symlink, device node, socket or directory at the
+target, or a target under a file, is refused with an
+:class:`~simspine_jax.io.outputs.OutputError` before anything is written, and an ``OSError``
+while writing (disk full, permission denied, read-only file system) becomes one naming the
+target (both are :class:`~simspine_jax.errors.InputError`, exit code 2 in the CLI).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from .outputs import check_output_file, writing_to
 
 __all__ = ["atomic_open", "atomic_write_text"]
 
@@ -64,10 +72,18 @@ def atomic_open(
     ``mode`` is ``'w'``/``'wt'`` (text, UTF-8 by default) or ``'wb'`` (binary). The parent
     directory is created if missing. The new file gets the old file's permission bits, or
     the umask's default for a new file. In text mode ``'\\n'`` is written as is on every platform.
+    Raises :class:`~simspine_jax.io.outputs.OutputError` for a target that is not a regular
+    file and for a failed write (see the module docstring).
     """
     if mode not in _ALLOWED_MODES:
         raise ValueError(f"atomic_open: unsupported mode {mode!r}; use 'w', 'wt' or 'wb'")
     target = os.path.abspath(os.fspath(path))
+    check_output_file(target)
+    with writing_to(target, exact=True):
+        yield from _atomic_open(target, mode, encoding)
+
+
+def _atomic_open(target: str, mode: str, encoding: str) -> Iterator[IO[Any]]:
     directory = os.path.dirname(target)
     os.makedirs(directory, exist_ok=True)
     binary = "b" in mode
