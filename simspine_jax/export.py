@@ -48,12 +48,17 @@ _EYE = np.eye(3)
 
 # ----------------------------------------------------------------------------- small helpers
 def _floats(text: str | None, n: int | None, where: str, path: str) -> np.ndarray:
+    """The numbers of an element's text; every one finite (OpenSim models hold no inf/nan:
+    a frame, axis, knot or range of inf or nan only poisons the tree)."""
+    toks = (text or "").split()
+    if n is not None and len(toks) != n:
+        raise ModelError(f"{where}: expected {n} numbers, found {len(toks)}", path=path)
     try:
-        vals = np.array([float(t) for t in (text or "").split()], dtype=np.float64)
-    except ValueError as e:
-        raise ModelError(f"{where}: not a list of numbers: {text!r}", path=path) from e
-    if n is not None and vals.size != n:
-        raise ModelError(f"{where}: expected {n} numbers, found {vals.size}", path=path)
+        vals = np.array([float(t) for t in toks], dtype=np.float64)
+    except ValueError:
+        raise ModelError(f"{where}: not a list of numbers: {text!r}", path=path) from None
+    if not np.all(np.isfinite(vals)):
+        raise ModelError(f"{where}: numbers must be finite, got {text!r}", path=path)
     return vals
 
 
@@ -64,11 +69,26 @@ def _text(el: ET.Element, tag: str, default: str | None = None) -> str | None:
     return child.text.strip()
 
 
-def _bool(el: ET.Element, tag: str, default: bool) -> bool:
+def _bool(el: ET.Element, tag: str, default: bool, where: str, path: str) -> bool:
+    """A boolean property: ``true``/``false`` (any case) or ``1``/``0``, as OpenSim reads them;
+    any other text is an error (OpenSim refuses it too), not a silent false."""
     t = _text(el, tag)
-    if t is None:
+    if t is None or t == "":
         return default
-    return t.lower() in ("true", "1", "yes")
+    low = t.lower()
+    if low in ("true", "1"):
+        return True
+    if low in ("false", "0"):
+        return False
+    raise ModelError(f"{where} <{tag}>: expected true or false, got {t!r}", path=path)
+
+
+def _name(el: ET.Element, what: str, path: str) -> str:
+    """The ``name`` attribute of a component; OpenSim needs every one named."""
+    name = (el.get("name") or "").strip()
+    if not name:
+        raise ModelError(f"a <{el.tag}> {what} has no name attribute", path=path)
+    return name
 
 
 def rotation_body_xyz(angles: np.ndarray) -> np.ndarray:
@@ -294,6 +314,7 @@ class _Resolver:
         self.owner_of: dict[str, str] = {}
         self.kind: dict[str, str] = {}
         self.cache: dict[str, _Frame] = {}
+        self.resolving: set[str] = set()  # frames being resolved: a loop is an error
         self.elements["/ground"] = root.find("Ground") if root.find("Ground") is not None else root
         self.kind["/ground"] = "ground"
         for b in _objects(root, "BodySet"):
@@ -357,6 +378,12 @@ class _Resolver:
     def frame(self, p: str) -> _Frame:
         if p in self.cache:
             return self.cache[p]
+        if p in self.resolving:
+            raise ModelError(
+                f"PhysicalOffsetFrame '{p}' is its own ancestor (its socket_parent chain loops)",
+                path=self.path,
+            )
+        self.resolving.add(p)
         kind = self.kind[p]
         if kind == "ground":
             fr = _Frame(p, "ground", _EYE.copy(), np.zeros(3))
@@ -518,7 +545,16 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
     root = doc.find("Model") if doc.tag == "OpenSimDocument" else doc
     if root is None or root.tag != "Model":
         raise ModelError("no <Model> element (is this an .osim file?)", path=path)
-    version = int(doc.get("Version", "40000")) if doc.tag == "OpenSimDocument" else 40000
+    version_text = doc.get("Version", "40000") if doc.tag == "OpenSimDocument" else "40000"
+    try:
+        version = int(version_text.strip())
+    except ValueError:
+        raise ModelError(
+            f"<OpenSimDocument Version={version_text!r}>: the version must be an integer such as "
+            "40000",
+            path=path,
+            field="Version",
+        ) from None
     if version < 30500 or any(b.find("Joint") is not None for b in _objects(root, "BodySet")):
         raise ModelError(
             f"model file version {version} keeps joints inside bodies (OpenSim 3 format); "
@@ -527,14 +563,14 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
         )
     res = _Resolver(root, path)
 
-    body_names = [b.get("name") for b in _objects(root, "BodySet")]
+    body_names = [_name(b, "body", path) for b in _objects(root, "BodySet")]
     if len(set(body_names)) != len(body_names):
         raise ModelError("duplicate body names", path=path)
     joints: dict[str, _Joint] = {}  # keyed by child body
     coord_info: dict[str, dict] = {}
     coord_order: list[str] = []
     for j in _objects(root, "JointSet"):
-        kind, name = j.tag, j.get("name")
+        kind, name = j.tag, _name(j, "joint", path)
         if kind not in _SUPPORTED_JOINTS:
             raise ModelError(f"joint '{name}': joint type '{kind}' is not supported", path=path)
         jp = f"/jointset/{name}"
@@ -553,10 +589,17 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
             )
         coords = []
         for c in j.findall("coordinates/Coordinate"):
-            cname = c.get("name")
+            cname = _name(c, "coordinate", path)
             if cname in coord_info:
                 raise ModelError(f"duplicate coordinate '{cname}'", path=path)
             rng = _floats(_text(c, "range", "-1e30 1e30"), 2, f"coordinate '{cname}' range", path)
+            if rng[0] > rng[1]:  # OpenSim refuses it too ("maximum less than minimum")
+                raise ModelError(
+                    f"coordinate '{cname}': <range> {rng[0]:g} {rng[1]:g} is inverted "
+                    "(minimum first)",
+                    path=path,
+                    field="range",
+                )
             coord_info[cname] = dict(
                 name=cname,
                 joint=name,
@@ -564,17 +607,25 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
                     _floats(_text(c, "default_value", "0"), 1, f"'{cname}' default", path)[0]
                 ),
                 range=[float(rng[0]), float(rng[1])],
-                clamped=_bool(c, "clamped", False),
-                locked=_bool(c, "locked", False),
+                clamped=_bool(c, "clamped", False, f"coordinate '{cname}'", path),
+                locked=_bool(c, "locked", False, f"coordinate '{cname}'", path),
             )
-            if _bool(c, "prescribed", False):
-                raise ModelError(f"coordinate '{cname}': prescribed motion not supported", path)
+            if _bool(c, "prescribed", False, f"coordinate '{cname}'", path):
+                raise ModelError(
+                    f"coordinate '{cname}': prescribed motion is not supported", path=path
+                )
             coords.append(cname)
             coord_order.append(cname)
         axes, funcs, fcoord = _joint_axes(j, kind, coords, path)
         for i, cname in enumerate(coords):
             coord_info[cname]["motion_type"] = _motion_type(kind, i, funcs, fcoord, cname)
         joints[cf.body] = _Joint(name, kind, pf, cf, coords, axes, funcs, fcoord)
+
+    if not coord_order:
+        raise ModelError(
+            "the model has no coordinates: nothing moves, so there is nothing to solve",
+            path=path,
+        )
 
     # Topological order: ground first, then bodies with parent before child.
     for b in body_names:
@@ -603,17 +654,18 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
     # Couplers.
     dependent: dict[str, tuple[str, PiecewiseCubic, str]] = {}
     for con in _objects(root, "ConstraintSet"):
-        cname = con.get("name")
-        if not _bool(con, "isEnforced", True):
+        cname = _name(con, "constraint", path)
+        if not _bool(con, "isEnforced", True, f"constraint '{cname}'", path):
             continue
         if con.tag != "CoordinateCouplerConstraint":
-            raise ModelError(f"constraint '{cname}': type '{con.tag}' is not supported", path)
+            raise ModelError(f"constraint '{cname}': type '{con.tag}' is not supported", path=path)
         indep = (_text(con, "independent_coordinate_names") or "").split()
         dep = _text(con, "dependent_coordinate_name")
         where = f"CoordinateCouplerConstraint '{cname}'"
         if len(indep) != 1:
             raise ModelError(
-                f"{where}: {len(indep)} independent coordinates (only 1 is supported)", path
+                f"{where}: {len(indep)} independent coordinates (only 1 is supported)",
+                path=path,
             )
         for c in indep + [dep]:
             if c not in cidx:
@@ -647,7 +699,7 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
     marker_src = str(markers) if markers is not None else path
     m_names, m_body, m_off = [], [], []
     for m in marker_els:
-        mname = m.get("name")
+        mname = _name(m, "marker", marker_src)
         if mname in m_names:
             raise ModelError(f"duplicate marker '{mname}'", path=marker_src)
         sock = _text(m, "socket_parent_frame") or _text(m, "body")
