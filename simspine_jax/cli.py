@@ -192,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # modules of simspine_jax/commands/ that add subcommands (one line each, in menu order)
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("merge",)
 
 
 def main(argv: list[str] | None = None) -> int:
