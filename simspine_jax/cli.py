@@ -19,11 +19,20 @@ DEFAULT_MODEL = default_model_path()
 
 # ----------------------------------------------------------------------------- library calls
 def export_model(osim: str, out: str, markers: str | None = None) -> Path:
-    """Export an ``.osim`` (+ optional MarkerSet ``.xml``) to a kinematic-tree ``.npz``."""
+    """Export an ``.osim`` (+ optional MarkerSet ``.xml``) to a kinematic-tree ``.npz``.
+
+    ``out`` is the file written, as given (``x.export`` stays ``x.export``); one ending with a
+    path separator or naming an existing folder means ``<osim stem>.npz`` inside it. An ``out``
+    that is an input, or not a regular file, is refused (:mod:`simspine_jax.io.outputs`).
+    Returns the path written.
+    """
     from .export import read_osim
+    from .io.outputs import output_file, refuse_inputs
     from .model import save_tree
 
-    return save_tree(read_osim(osim, markers=markers), out)
+    target = output_file(out, Path(osim).stem + ".npz", field="out")
+    refuse_inputs([target], [osim, markers], field="out")
+    return save_tree(read_osim(osim, markers=markers), target)
 
 
 def model_info(model: str, markers: str | None = None) -> str:
@@ -75,15 +84,28 @@ def run_fk(model: str, mot: str, out_trc: str, markers: str | None = None, plot:
     (coupled coordinates stay in radians, as OpenSim 4.6 writes them). Dependent coordinates
     are recomputed from the independent ones (OpenSim enforces constraints the same way);
     missing independent columns are an error, missing dependent/locked ones are allowed.
+
+    ``out_trc`` (and ``plot``) is the file written; one ending with a path separator or naming
+    an existing folder means ``<mot stem>.trc`` (``<mot stem>_markers.png``) inside it. An
+    output that is an input, or not a regular file, is refused before any work
+    (:mod:`simspine_jax.io.outputs`).
     """
     import jax
 
     from .errors import InputError
     from .fk import forward_kinematics
     from .io import read_storage, write_trc
+    from .io.outputs import output_file, refuse_inputs, writing_to
     from .model import load_model
     from .pipeline import motion_to_independent
 
+    stem = Path(mot).stem
+    out_trc = output_file(out_trc, stem + ".trc", field="out")
+    refuse_inputs([out_trc], [mot, model, markers], field="out")
+    if plot:
+        plot = output_file(plot, stem + "_markers.png", field="plot")
+        refuse_inputs([plot], [mot, model, markers], field="plot")
+        refuse_inputs([plot], [out_trc], field="plot", what="the TRC output")
     tree = load_model(model, markers=markers)
     motion = read_storage(mot)
     q = motion_to_independent(tree, motion, mot)
@@ -103,7 +125,8 @@ def run_fk(model: str, mot: str, out_trc: str, markers: str | None = None, plot:
     if plot:
         from .plots import plot_marker_trajectories
 
-        plot_marker_trajectories(motion.time, pos, tree.marker_names, plot)
+        with writing_to(plot, field="plot"):
+            plot_marker_trajectories(motion.time, pos, tree.marker_names, plot)
         summary["plot"] = str(plot)
     return summary
 
@@ -141,7 +164,13 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export an OpenSim .osim to a kinematic tree (.npz)")
     e.add_argument("osim", help="OpenSim model file (.osim, OpenSim 4 format)")
     e.add_argument("--markers", help="OpenSim MarkerSet .xml to use instead of the model's")
-    e.add_argument("-o", "--out", required=True, help="output .npz")
+    e.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="output file, written under exactly this name (any extension); a path ending "
+        "with '/' or an existing folder means OSIM_STEM.npz inside it",
+    )
 
     i = sub.add_parser("info", help="print bodies, joints, coordinates and markers of a model")
     i.add_argument("model", nargs="?", default=str(DEFAULT_MODEL), help=".npz or .osim")
@@ -151,8 +180,17 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--model", default=str(DEFAULT_MODEL), help=".npz or .osim (default: SimSpine)")
     f.add_argument("--markers", help="OpenSim MarkerSet .xml (overrides the model's markers)")
     f.add_argument("--mot", required=True, help="OpenSim motion file (.mot/.sto)")
-    f.add_argument("-o", "--out", required=True, help="output .trc (metres)")
-    f.add_argument("--plot", help="also write a PNG of the marker trajectories")
+    f.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="output .trc (metres); a path ending with '/' or an existing folder means "
+        "MOT_STEM.trc inside it; never an input file",
+    )
+    f.add_argument(
+        "--plot",
+        help="also write a PNG of the marker trajectories (a folder: MOT_STEM_markers.png in it)",
+    )
 
     k = sub.add_parser("ik", help="inverse kinematics of TRC trials (writes .mot and .sto)")
     k.add_argument("--model", default=str(DEFAULT_MODEL), help=".npz or .osim")
@@ -161,7 +199,15 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--setup", help="OpenSim IK setup .xml (marker weights, coordinate tasks)")
     k.add_argument("--smooth-vel", type=float, default=0.0, help="lambda_v on |D1 q|^2")
     k.add_argument("--smooth-acc", type=float, default=0.0, help="lambda_a on |D2 q|^2")
-    k.add_argument("-o", "--out", required=True, help="output folder")
+    k.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="output folder: TRIAL.mot, TRIAL_marker_errors.sto and "
+        "TRIAL_model_marker_locations.sto per trial, each trial's files replaced together or "
+        "not at all; two TRCs with the same file name are refused (not renamed, so each "
+        "output keeps the name OpenSim gives it)",
+    )
 
     c = sub.add_parser("crosscheck", help="OpenSim's IK vs ours (lambda = 0) on the same inputs")
     c.add_argument("--osim", required=True, help="OpenSim model (.osim)")

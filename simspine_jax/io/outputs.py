@@ -153,16 +153,17 @@ def refuse_inputs(
     inputs: Iterable[str | os.PathLike[str] | None],
     *,
     field: str | None = None,
+    what: str = "the input",
 ) -> None:
     """Raise if an output would replace an input (same path after resolving links, or the same
-    file through a hard link). ``None`` inputs are skipped."""
+    file through a hard link). ``None`` inputs are skipped; ``what`` names them in the message
+    (e.g. "the TRC output" when checking two outputs against each other)."""
     ins = [Path(i) for i in inputs if i is not None]
     for o in outputs:
         for i in ins:
             if _same_file(Path(o), i):
                 raise _fail(
-                    f"this output would overwrite the input {os.fspath(i)}; "
-                    "give another output path",
+                    f"this output would overwrite {what} {os.fspath(i)}; give another output path",
                     o,
                     field,
                 )
