@@ -32,6 +32,7 @@ length.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
@@ -51,6 +52,7 @@ __all__ = [
     "dlt_triangulate",
     "project",
     "triangulate",
+    "triangulate_recording",
 ]
 
 FEW_VIEWS = 1  # fewer than min_views views above the likelihood threshold: NaN
@@ -340,3 +342,141 @@ def _run_chunks(fn, uv: np.ndarray, conf: np.ndarray, chunk: int, dtype):
         res = fn(jnp.asarray(u, dtype), jnp.asarray(c, dtype))
         outs.append([np.asarray(r)[:m] for r in res])
     return [np.concatenate([o[i] for o in outs]) for i in range(5)]
+
+
+# ----------------------------------------------------------------------------- files
+def _keypoint_report(res: TriangulationResult, names: Sequence[str]) -> dict:
+    """Per keypoint: coverage, reprojection px, views kept, flag counts (JSON-ready)."""
+    out = {}
+    T = res.points.shape[0]
+    for k, name in enumerate(names):
+        ok = np.isfinite(res.points[:, k, 0])
+        err = res.reprojection_px[:, k][ok]
+        fl = res.flags[:, k]
+        out[name] = dict(
+            frames_triangulated=int(ok.sum()),
+            coverage=round(float(ok.sum()) / max(T, 1), 4),
+            reprojection_px_median=_r(np.median(err)) if err.size else None,
+            reprojection_px_mean=_r(np.mean(err)) if err.size else None,
+            reprojection_px_max=_r(np.max(err)) if err.size else None,
+            views_kept_mean=_r(np.mean(res.n_views[:, k][ok])) if ok.any() else None,
+            frames_few_views=int(((fl & FEW_VIEWS) > 0).sum()),
+            frames_views_pruned=int(((fl & PRUNED) > 0).sum()),
+            frames_error_above_max=int(((fl & HIGH_ERROR) > 0).sum()),
+        )
+    return out
+
+
+def _r(x) -> float:
+    return round(float(x), 4)
+
+
+def triangulate_recording(
+    calib: str | os.PathLike[str],
+    pose_dir: str | os.PathLike[str],
+    skeleton: str,
+    out_trc: str | os.PathLike[str],
+    *,
+    rate_hz: float = 30.0,
+    likelihood_threshold: float = 0.3,
+    min_views: int = 2,
+    max_reprojection_px: float = 15.0,
+    huber_px: float = 3.0,
+    max_gap: int = 10,
+    cutoff_hz: float | None = 6.0,
+    filter_order: int = 4,
+    up: str = "z",
+    frame_offsets=None,
+    report_path: str | os.PathLike[str] | None = None,
+) -> dict:
+    """Calibration TOML + Pose2Sim ``pose`` folder -> OpenSim TRC (metres, Y-up) + report.
+
+    Steps: :func:`~simspine_jax.io.calibration.read_calibration`,
+    :func:`~simspine_jax.io.openpose.read_pose_dir` (cameras matched by name, number or order;
+    one subject chosen), :func:`triangulate`, then :func:`simspine_jax.filtering.fill_gaps`
+    (gaps up to ``max_gap`` frames), :func:`~simspine_jax.filtering.butterworth_filtfilt`
+    (``cutoff_hz`` None: no filter; ``filter_order`` is scipy's ``butter`` order, Pose2Sim's
+    order 4 is 2 here), :func:`~simspine_jax.filtering.to_opensim_axes` (``up`` is the
+    calibration world's up axis; ``"y"`` leaves it). Time is ``frame / rate_hz``. The report
+    (JSON, ``OUT.triangulation.json`` unless ``report_path``) holds the settings, cameras,
+    person choice, per-keypoint reprojection error, views kept, flags and gaps.
+    """
+    import json
+    import time as _time
+    from pathlib import Path
+
+    from . import filtering
+    from .io.calibration import read_calibration
+    from .io.openpose import read_pose_dir
+    from .io.trc import write_trc
+    from .skeletons import get_skeleton
+
+    if not (np.isfinite(rate_hz) and rate_hz > 0):
+        raise InputError(f"rate must be a positive number, got {rate_hz!r}", field="rate")
+    sk = get_skeleton(skeleton)
+    cameras = read_calibration(calib)
+    kp = read_pose_dir(
+        pose_dir,
+        cameras,
+        sk,
+        frame_offsets=frame_offsets,
+        likelihood_threshold=likelihood_threshold,
+    )
+    t0 = _time.perf_counter()
+    res = triangulate(
+        cameras,
+        kp.uv,
+        kp.confidence,
+        likelihood_threshold=likelihood_threshold,
+        min_views=min_views,
+        max_reprojection_px=max_reprojection_px,
+        huber_px=huber_px,
+    )
+    t_tri = _time.perf_counter() - t0
+    pos, gaps = filtering.fill_gaps(res.points, max_gap, points=True)
+    summary: dict = dict(
+        calib=str(calib),
+        pose_dir=str(pose_dir),
+        skeleton=sk.name,
+        out=str(out_trc),
+        frames=int(pos.shape[0]),
+        first_frame=int(kp.frames[0]),
+        markers=sk.n_markers,
+        rate_hz=float(rate_hz),
+        settings=dict(
+            likelihood_threshold=likelihood_threshold,
+            min_views=min_views,
+            max_reprojection_px=max_reprojection_px,
+            huber_px=huber_px,
+            max_gap=max_gap,
+            cutoff_hz=cutoff_hz,
+            filter_order=filter_order,
+            up=up,
+        ),
+        cameras=list(kp.camera_names),
+        reading=kp.report,
+        triangulation_seconds=round(t_tri, 3),
+        coverage=_r(np.isfinite(res.points[..., 0]).mean()),
+        reprojection_px_median=(
+            _r(np.nanmedian(res.reprojection_px[np.isfinite(res.points[..., 0])]))
+            if np.isfinite(res.points).any()
+            else None
+        ),
+        keypoints=_keypoint_report(res, sk.marker_names),
+        gaps=gaps.to_dict(sk.marker_names),
+    )
+    if cutoff_hz is not None:
+        pos, frep = filtering.butterworth_filtfilt(
+            pos, rate_hz, cutoff_hz, filter_order, axis=0, return_report=True
+        )
+        names = [f"{m}.{xyz}" for m in sk.marker_names for xyz in "XYZ"]
+        summary["filter"] = frep.to_dict(names)
+    pos = filtering.to_opensim_axes(pos, up)
+    time = kp.frames.astype(np.float64) / rate_hz
+    write_trc(out_trc, sk.marker_names, time, pos, units="m", data_rate=rate_hz)
+    rp = Path(report_path) if report_path else Path(out_trc).with_suffix(".triangulation.json")
+    from .io import atomic_write_text
+
+    atomic_write_text(rp, json.dumps(summary, indent=1) + "\n")
+    summary["report"] = str(rp)
+    return summary

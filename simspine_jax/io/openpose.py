@@ -1,0 +1,410 @@
+"""OpenPose-style 2D keypoints: one JSON per frame per camera (OpenPose, Pose2Sim, SpinePose).
+
+Each file holds ``{"people": [{"pose_keypoints_2d": [x0, y0, c0, x1, y1, c1, ...]}, ...]}``
+(pixels, confidence in [0, 1]; OpenPose writes an undetected keypoint as ``0, 0, 0``).
+
+**Layout** (Pose2Sim's): ``POSE_DIR/<camera folder>/*.json``, one folder per camera. The
+frame number of a file is the last integer in its name (``cam01.0042.json``,
+``cam01_000000000042_keypoints.json`` -> 42).
+
+**Cameras are matched to the calibration** (:func:`match_camera_dirs`) by, in this order:
+
+1. name: the folder name without a trailing ``_json`` (and a leading ``pose_``) equals the
+   calibration camera's name (case-insensitive);
+2. number: the last integer in the folder name equals the last integer in the camera's name
+   (``cam1_json`` <-> ``cam_01``), when these numbers are unique on both sides;
+3. order: the i-th folder (natural sort) is the i-th camera of the calibration (Pose2Sim's own
+   rule), when there are as many folders as cameras.
+
+**Frame offsets**: ``frame_offsets[c]`` shifts camera ``c``: its file number ``n`` is common
+frame ``n - offset``. The common frames run from the first to the last frame any camera has;
+a frame a camera lacks is missing (NaN, confidence 0) in that camera.
+
+**Several people** (:func:`select_person`): in a frame where every camera sees at most one
+person, that person is taken. Otherwise the subject is *tracked*: the previous frame's chosen
+keypoints are triangulated (confidence-weighted DLT) and, in each camera, the person whose
+confident keypoints lie closest (mean px) to their reprojection is taken, if closer than
+``gate_px``; a camera where none is that close gets no person in that frame. When there is no
+previous 3D skeleton (first frame, or fewer than 3 keypoints triangulated, or no camera passed
+the gate) the subject is found by *cross-view consistency*: every combination of one person per
+camera is triangulated and the one with the smallest mean reprojection error is taken (when the
+combinations exceed ``max_combinations``, the most confident person of each camera).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, SimSpineWarning
+from .calibration import Camera, undistort_pixels
+
+__all__ = [
+    "Keypoints2D",
+    "match_camera_dirs",
+    "read_openpose_camera",
+    "read_openpose_frame",
+    "read_pose_dir",
+    "select_person",
+]
+
+
+@dataclass(frozen=True)
+class Keypoints2D:
+    """Synchronised 2D keypoints of one subject in ``C`` cameras.
+
+    ``uv`` (T, C, K, 2) px, NaN where missing; ``confidence`` (T, C, K), 0 where missing;
+    ``frames`` (T,) common frame numbers; ``report`` notes from reading (skipped cameras,
+    person choices).
+    """
+
+    camera_names: tuple[str, ...]
+    marker_names: tuple[str, ...]
+    frames: np.ndarray
+    uv: np.ndarray
+    confidence: np.ndarray
+    report: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        uv,
+        confidence,
+        *,
+        camera_names: Sequence[str] | None = None,
+        marker_names: Sequence[str] | None = None,
+        frames=None,
+    ) -> Keypoints2D:
+        """Keypoints from Python arrays: ``uv`` (T, C, K, 2), ``confidence`` (T, C, K)."""
+        uv = np.asarray(uv, dtype=np.float64)
+        conf = np.asarray(confidence, dtype=np.float64)
+        if uv.ndim != 4 or uv.shape[-1] != 2:
+            raise InputError(f"uv must have shape (T, C, K, 2), got {uv.shape}", field="uv")
+        if conf.shape != uv.shape[:-1]:
+            raise InputError(
+                f"confidence must have shape {uv.shape[:-1]}, got {conf.shape}",
+                field="confidence",
+            )
+        T, C, K, _ = uv.shape
+        cams = (
+            tuple(camera_names)
+            if camera_names is not None
+            else tuple(f"cam{i + 1}" for i in range(C))
+        )
+        names = (
+            tuple(marker_names) if marker_names is not None else tuple(f"kp{i}" for i in range(K))
+        )
+        if len(cams) != C or len(names) != K:
+            raise InputError("camera_names / marker_names do not match the array shape")
+        fr = np.arange(T) if frames is None else np.asarray(frames, dtype=np.int64)
+        if fr.shape != (T,):
+            raise InputError(f"frames must have shape ({T},)", field="frames")
+        conf = np.where(np.isfinite(conf) & np.all(np.isfinite(uv), -1), conf, 0.0)
+        return cls(cams, names, fr, uv, conf)
+
+
+# ----------------------------------------------------------------------------- files
+def _last_int(s: str) -> int | None:
+    nums = re.findall(r"\d+", s)
+    return int(nums[-1]) if nums else None
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+def read_openpose_frame(path: str | os.PathLike[str], n_keypoints: int) -> np.ndarray:
+    """People of one OpenPose JSON file. Shape: (P, n_keypoints, 3) = x, y, confidence."""
+    p = str(path)
+    try:
+        with open(p, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path=p) from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e.msg}", path=p, line=e.lineno) from None
+    if not isinstance(data, dict) or not isinstance(data.get("people"), list):
+        raise InputError("no 'people' list", path=p, field="people")
+    out = np.zeros((len(data["people"]), n_keypoints, 3))
+    for i, person in enumerate(data["people"]):
+        kp = person.get("pose_keypoints_2d") if isinstance(person, dict) else None
+        if not isinstance(kp, list) or len(kp) != 3 * n_keypoints:
+            n = len(kp) if isinstance(kp, list) else "no"
+            raise InputError(
+                f"person {i} has {n} values, expected {3 * n_keypoints} "
+                f"({n_keypoints} keypoints x 3); wrong --skeleton?",
+                path=p,
+                field="pose_keypoints_2d",
+            )
+        try:
+            out[i] = np.asarray(kp, dtype=np.float64).reshape(n_keypoints, 3)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"person {i} has a non-numeric value", path=p, field="pose_keypoints_2d"
+            ) from None
+    return out
+
+
+def read_openpose_camera(
+    folder: str | os.PathLike[str], n_keypoints: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Frame numbers (F,) and people ``(P_f, n_keypoints, 3)`` of every JSON in a folder."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputError("camera folder not found", path=str(d))
+    files = sorted(
+        (f for f in d.iterdir() if f.suffix == ".json"), key=lambda f: _natural_key(f.name)
+    )
+    if not files:
+        raise InputError("no .json files in the camera folder", path=str(d))
+    nums = [_last_int(f.stem) for f in files]
+    if any(n is None for n in nums) or len(set(nums)) != len(nums):
+        nums = list(range(len(files)))  # no usable numbers: file order
+    return np.asarray(nums, dtype=np.int64), [read_openpose_frame(f, n_keypoints) for f in files]
+
+
+def _dir_key(name: str) -> str:
+    k = name.lower()
+    k = k[: -len("_json")] if k.endswith("_json") else k
+    return k[len("pose_") :] if k.startswith("pose_") else k
+
+
+def match_camera_dirs(
+    pose_dir: str | os.PathLike[str], camera_names: Sequence[str]
+) -> tuple[list[Path], str]:
+    """The folder of each calibration camera (in calibration order) and the rule used
+    (``'name'``, ``'number'`` or ``'order'``; see the module doc)."""
+    root = Path(pose_dir)
+    if not root.is_dir():
+        raise InputError("pose folder not found", path=str(root))
+    dirs = sorted(
+        (d for d in root.iterdir() if d.is_dir() and any(f.suffix == ".json" for f in d.iterdir())),
+        key=lambda d: _natural_key(d.name),
+    )
+    if not dirs:
+        raise InputError("no camera folders with .json files", path=str(root))
+    by_key = {_dir_key(d.name): d for d in dirs}
+    if all(n.lower() in by_key for n in camera_names):
+        return [by_key[n.lower()] for n in camera_names], "name"
+    dn = [_last_int(_dir_key(d.name)) for d in dirs]
+    cn = [_last_int(n) for n in camera_names]
+    if (
+        None not in dn
+        and None not in cn
+        and len(set(dn)) == len(dn)
+        and len(set(cn)) == len(cn)
+        and set(cn) <= set(dn)
+    ):
+        return [dirs[dn.index(n)] for n in cn], "number"
+    if len(dirs) == len(camera_names):
+        return dirs, "order"
+    missing = [n for n in camera_names if n.lower() not in by_key]
+    raise InputError(
+        f"cannot match calibration cameras {list(camera_names)} to camera folders "
+        f"{[d.name for d in dirs]} by name, number or order (no folder for {missing})",
+        path=str(root),
+    )
+
+
+# ----------------------------------------------------------------------------- person choice
+def _dlt_np(cameras: Sequence[Camera], uv: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Confidence-weighted DLT per keypoint: uv (C, K, 2), w (C, K). Shape: (K, 3)."""
+    C, K = w.shape
+    P = np.stack([np.concatenate([c.R, c.t[:, None]], 1) for c in cameras])  # (C, 3, 4)
+    xn = np.stack(
+        [undistort_pixels(np.nan_to_num(uv[i]), c.K, c.dist) for i, c in enumerate(cameras)]
+    )
+    ax = xn[..., 0:1] * P[:, None, 2, :] - P[:, None, 0, :]  # (C, K, 4)
+    ay = xn[..., 1:2] * P[:, None, 2, :] - P[:, None, 1, :]
+    A = np.concatenate([ax * w[..., None], ay * w[..., None]], 0).transpose(1, 0, 2)  # (K, 2C, 4)
+    M, b = A[..., :3], -A[..., 3]
+    H = M.transpose(0, 2, 1) @ M + 1e-12 * np.eye(3)
+    X = np.linalg.solve(H, (M.transpose(0, 2, 1) @ b[..., None]))[..., 0]
+    X[(w > 0).sum(0) < 2] = np.nan
+    return X
+
+
+def _reproj(cameras: Sequence[Camera], X: np.ndarray) -> np.ndarray:
+    """Pixels (C, K, 2) of points X (K, 3); NaN behind a camera."""
+    out = []
+    for c in cameras:
+        Xc = X @ c.R.T + c.t
+        uv = c.project(X)
+        uv[Xc[:, 2] <= 0] = np.nan
+        out.append(uv)
+    return np.stack(out)
+
+
+def _mean_px(a: np.ndarray, b: np.ndarray) -> float:
+    e = np.linalg.norm(a - b, axis=-1)
+    e = e[np.isfinite(e)]
+    return float(e.mean()) if e.size else np.inf
+
+
+def select_person(
+    people: np.ndarray,
+    cameras: Sequence[Camera],
+    *,
+    likelihood_threshold: float = 0.3,
+    gate_px: float = 100.0,
+    max_combinations: int = 4096,
+) -> tuple[np.ndarray, dict]:
+    """Choose one person per camera and frame (the rule is in the module doc).
+
+    ``people`` (T, C, P, K, 3) candidates (x, y, confidence; NaN rows where a camera has fewer
+    than P people), in marker order. Returns the chosen keypoints (T, C, K, 3) (NaN, confidence
+    0 where a camera has no person) and a report: frames decided by tracking, by cross-view
+    search and by the confidence fallback.
+    """
+    T, C, P, K, _ = people.shape
+    present = np.isfinite(people[..., 2]).any(-1)  # (T, C, P)
+    n_people = present.sum(-1)  # (T, C)
+    chosen = np.full((T, C, K, 3), np.nan)
+    single = np.all(n_people <= 1, axis=1)  # (T,)
+    first = np.argmax(present, axis=-1)  # (T, C): the only person where single
+    idx = np.arange(T)[:, None], np.arange(C)[None, :]
+    chosen[single] = people[idx[0], idx[1], first][single]
+    chosen[n_people == 0] = np.nan
+    stats = dict(single=int(single.sum()), tracked=0, searched=0, fallback=0, no_person_views=0)
+
+    def weights(kp):  # kp (C, K, 3)
+        c = np.nan_to_num(kp[..., 2])
+        return np.where(c >= likelihood_threshold, c, 0.0)
+
+    for f in np.flatnonzero(~single):
+        prev3d = None
+        if f > 0:
+            prev = chosen[f - 1]
+            X = _dlt_np(cameras, prev[..., :2], weights(prev))
+            if np.isfinite(X).all(-1).sum() >= 3:
+                prev3d = X
+        done = False
+        if prev3d is not None:
+            proj = _reproj(cameras, prev3d)  # (C, K, 2)
+            any_pass = False
+            for c in range(C):
+                best, best_d = None, np.inf
+                for p in np.flatnonzero(present[f, c]):
+                    kp = people[f, c, p]
+                    ok = kp[:, 2] >= likelihood_threshold
+                    d = _mean_px(kp[ok, :2], proj[c, ok])
+                    if d < best_d:
+                        best, best_d = p, d
+                if best is not None and best_d <= gate_px:
+                    chosen[f, c] = people[f, c, best]
+                    any_pass = True
+                else:
+                    chosen[f, c] = np.nan
+                    stats["no_person_views"] += int(present[f, c].any())
+            if any_pass:
+                stats["tracked"] += 1
+                done = True
+        if done:
+            continue
+        options = [np.flatnonzero(present[f, c]) if present[f, c].any() else [-1] for c in range(C)]
+        n_comb = int(np.prod([len(o) for o in options]))
+        if n_comb > max_combinations:
+            for c in range(C):
+                conf = np.nan_to_num(people[f, c, :, :, 2]).mean(-1)
+                chosen[f, c] = people[f, c, int(np.argmax(conf))] if present[f, c].any() else np.nan
+            stats["fallback"] += 1
+            continue
+        best, best_e = None, np.inf
+        for combo in itertools.product(*options):
+            kp = np.stack(
+                [
+                    people[f, c, p] if p >= 0 else np.full((K, 3), np.nan)
+                    for c, p in enumerate(combo)
+                ]
+            )
+            w = weights(kp)
+            X = _dlt_np(cameras, kp[..., :2], w)
+            proj = _reproj(cameras, X)
+            used = w > 0
+            e = _mean_px(kp[..., :2][used], proj[used])
+            if e < best_e:
+                best, best_e = kp, e
+        chosen[f] = best
+        stats["searched"] += 1
+    chosen[..., 2] = np.nan_to_num(chosen[..., 2])
+    return chosen, stats
+
+
+# ----------------------------------------------------------------------------- whole folder
+def read_pose_dir(
+    pose_dir: str | os.PathLike[str],
+    cameras: Sequence[Camera],
+    skeleton,
+    *,
+    frame_offsets: Mapping[str, int] | Sequence[int] | None = None,
+    likelihood_threshold: float = 0.3,
+    gate_px: float = 100.0,
+) -> Keypoints2D:
+    """Read a Pose2Sim ``pose`` folder for the calibration's cameras, pick the subject.
+
+    ``skeleton`` a :class:`~simspine_jax.skeletons.Skeleton` or its name. A camera with JSON
+    files but no person in any of them is kept (all missing) and named in
+    ``report['cameras_without_detections']`` with a warning.
+    """
+    from ..skeletons import get_skeleton
+
+    sk = get_skeleton(skeleton)
+    names = [c.name for c in cameras]
+    dirs, rule = match_camera_dirs(pose_dir, names)
+    if frame_offsets is None:
+        offsets = [0] * len(cameras)
+    elif isinstance(frame_offsets, Mapping):
+        unknown = set(frame_offsets) - set(names)
+        if unknown:
+            raise InputError(
+                f"frame offsets for unknown cameras {sorted(unknown)}", field="frame_offsets"
+            )
+        offsets = [int(frame_offsets.get(n, 0)) for n in names]
+    else:
+        offsets = [int(o) for o in frame_offsets]
+        if len(offsets) != len(cameras):
+            raise InputError(
+                f"{len(offsets)} frame offsets for {len(cameras)} cameras", field="frame_offsets"
+            )
+    per_cam = [read_openpose_camera(d, sk.n_keypoints) for d in dirs]
+    frames_c = [nums - off for (nums, _), off in zip(per_cam, offsets, strict=True)]
+    f0 = min(int(f.min()) for f in frames_c)
+    f1 = max(int(f.max()) for f in frames_c)
+    T, C, K = f1 - f0 + 1, len(cameras), sk.n_markers
+    P = max(max((len(p) for p in people), default=0) for _, people in per_cam)
+    P = max(P, 1)
+    cand = np.full((T, C, P, K, 3), np.nan)
+    for c, ((_, people), fr) in enumerate(zip(per_cam, frames_c, strict=True)):
+        for f, pp in zip(fr, people, strict=True):
+            if len(pp):
+                cand[f - f0, c, : len(pp)] = sk.select(pp)
+    empty = [names[c] for c in range(C) if not np.isfinite(cand[:, c, :, :, 2]).any()]
+    if empty:
+        warnings.warn(
+            f"{pose_dir}: no person detected in camera(s) {', '.join(empty)}; they are skipped",
+            SimSpineWarning,
+            stacklevel=2,
+        )
+    chosen, stats = select_person(
+        cand, cameras, likelihood_threshold=likelihood_threshold, gate_px=gate_px
+    )
+    uv = chosen[..., :2].copy()
+    conf = chosen[..., 2]
+    uv[conf <= 0] = np.nan
+    report = dict(
+        camera_dirs={n: str(d) for n, d in zip(names, dirs, strict=True)},
+        camera_match=rule,
+        frame_offsets=dict(zip(names, offsets, strict=True)),
+        cameras_without_detections=empty,
+        person_choice=stats,
+        max_people_per_view=int(P),
+    )
+    return Keypoints2D(tuple(names), sk.marker_names, np.arange(f0, f1 + 1), uv, conf, report)
