@@ -11,6 +11,13 @@ from ._resources import (
 )
 from .errors import InputError, ModelError, SimSpineError
 from .export import read_osim
+from .filtering import (
+    butterworth_filtfilt,
+    fill_gaps,
+    filter_trc,
+    from_opensim_axes,
+    to_opensim_axes,
+)
 from .fk import (
     FKResult,
     forward_kinematics,
@@ -18,6 +25,7 @@ from .fk import (
     independent_coordinates,
     marker_positions,
 )
+from .merging import ik_setup_xml, merge_markers, merge_trc_files
 from .model import KinematicTree, load_model, load_tree, save_tree, tree_from_export
 
 __version__ = "0.1.0"
@@ -28,17 +36,25 @@ __all__ = [
     "KinematicTree",
     "ModelError",
     "SimSpineError",
+    "butterworth_filtfilt",
     "default_ik_setup_path",
     "default_markers_path",
     "default_model_path",
     "default_osim_path",
+    "fill_gaps",
+    "filter_trc",
     "forward_kinematics",
+    "from_opensim_axes",
     "full_coordinates",
+    "ik_setup_xml",
     "independent_coordinates",
     "load_model",
     "load_tree",
     "marker_positions",
+    "merge_markers",
+    "merge_trc_files",
     "read_osim",
     "save_tree",
+    "to_opensim_axes",
     "tree_from_export",
 ]

@@ -235,14 +235,17 @@ def _cubic_fill(v: np.ndarray, missing: np.ndarray, fill_frames: np.ndarray, out
     from scipy.interpolate import make_interp_spline
 
     left = missing & ~fill_frames
-    segment = np.cumsum(left, axis=0)  # (T, C): frames between two gaps left share a number
+    # (T, C): frames between two gaps left share a number, which never decreases in time, so
+    # a segment is the slice of frames between two searchsorted bounds
+    segment = np.cumsum(left, axis=0)
     for c in np.flatnonzero(fill_frames.any(axis=0)).tolist():
-        seg_c, valid_c = segment[:, c], ~missing[:, c]
+        seg_c = segment[:, c]
         for s in np.unique(seg_c[fill_frames[:, c]]).tolist():
-            known = np.flatnonzero(valid_c & (seg_c == s))
+            lo, hi = np.searchsorted(seg_c, [s, s + 1])
+            known = lo + np.flatnonzero(~missing[lo:hi, c])
             if known.size < 4:  # too few for a cubic: the linear values stay
                 continue
-            want = np.flatnonzero(fill_frames[:, c] & (seg_c == s))
+            want = lo + np.flatnonzero(fill_frames[lo:hi, c])
             spline = make_interp_spline(known, v[known, c], k=3)
             out[want, c] = spline(want)
 
@@ -364,17 +367,19 @@ def butterworth_filtfilt(
             frame=int(r_start[k]),
             field=f"channel {int(r_ch[k])}",
         )
-    out = v.copy()
-    # channels with the same run are filtered together (all of a fully valid trial: one call)
+    # channels with the same run are filtered together (all of a fully valid trial: one call),
+    # time along the contiguous last axis (about twice as fast as along axis 0, same numbers)
+    vt = np.ascontiguousarray(v.T)  # (C, T)
+    out_t = vt.copy()
     key = r_start[long_enough] * (T + 1) + r_stop[long_enough]
     chans = r_ch[long_enough]
     uniq, inverse = np.unique(key, return_inverse=True)
     for u, k in enumerate(uniq.tolist()):
         s, e = divmod(k, T + 1)
         cs = chans[inverse == u]
-        out[s:e, cs] = filtfilt(b_coef, a_coef, v[s:e, cs], axis=0)
+        out_t[cs, s:e] = filtfilt(b_coef, a_coef, vt[cs, s:e], axis=-1)
 
-    out = np.moveaxis(out.reshape(a.shape), 0, axis)
+    out = np.moveaxis(out_t.T.reshape(a.shape), 0, axis)
     if not return_report:
         return out
     report = FilterReport(
