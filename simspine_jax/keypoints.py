@@ -24,9 +24,11 @@ __all__ = [
     "REGIONS",
     "SIMSPINE37",
     "SIMSPINE37_PARENT",
+    "SIMSPINE37_SIGMAS",
     "SPINE15",
     "bones",
     "index_of",
+    "oks_sigmas",
     "parent_indices",
     "spine15_indices",
 ]
@@ -178,6 +180,26 @@ KEYPOINT_BODY: dict[str, str] = {
     "Neck_03": "torso",
 }
 
+# Per-keypoint OKS sigmas in SIMSPINE37 order, from SpinePose (the detector of the SimSpine
+# authors): wheel spinepose-2.1.0-py3-none-any.whl (PyPI), file spinepose/metainfo.py, list
+# ``sigmas`` of its "spinetrack" metainfo, whose keypoint order is this one. The first 17 are
+# COCO's; head, neck (C7), hip (sacrum) Halpe's with neck 0.026 -> 0.04 and hip 0.066 -> 0.07;
+# feet 0.079; then SpinePose's own choices for the spine, latissimus, clavicle and neck points.
+SIMSPINE37_SIGMAS: tuple[float, ...] = (
+    # Nose, LEye, REye, LEar, REar, LShoulder, RShoulder, LElbow, RElbow, LWrist, RWrist
+    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
+    # LHip, RHip, LKnee, RKnee, LAnkle, RAnkle
+    0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+    # Head, Neck, Hip
+    0.026, 0.04, 0.07,
+    # LBigToe, RBigToe, LSmallToe, RSmallToe, LHeel, RHeel
+    0.079, 0.079, 0.079, 0.079, 0.079, 0.079,
+    # Spine_01 (L5), Spine_02 (L3), Spine_03 (T12/L1), Spine_04 (T8), Spine_05 (T3)
+    0.10, 0.10, 0.10, 0.08, 0.08,
+    # LLatissimus, RLatissimus, LClavicle, RClavicle, Neck_02 (C3/C4), Neck_03 (C1)
+    0.12, 0.12, 0.07, 0.07, 0.07, 0.06,
+)  # fmt: skip
+
 _INDEX: dict[str, int] = {name: i for i, name in enumerate(SIMSPINE37)}
 
 
@@ -187,6 +209,13 @@ def index_of(name: str) -> int:
         return _INDEX[name]
     except KeyError:
         raise KeyError(f"unknown SimSpine keypoint {name!r}") from None
+
+
+def oks_sigmas(names=None) -> np.ndarray:
+    """OKS sigmas (:data:`SIMSPINE37_SIGMAS`) of ``names`` (default all 37, in order)."""
+    if names is None:
+        return np.asarray(SIMSPINE37_SIGMAS, np.float64)
+    return np.asarray([SIMSPINE37_SIGMAS[index_of(n)] for n in names], np.float64)
 
 
 def parent_indices() -> np.ndarray:

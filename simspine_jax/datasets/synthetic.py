@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 
 from ..errors import InputError
-from ..keypoints import SIMSPINE37
+from ..keypoints import SIMSPINE37, oks_sigmas
 from ._data import LiftingData, sample_step, split_subjects
 from .cameras import H36M_SUBJECTS, h36m_cameras, project, world_to_camera
 
@@ -552,12 +552,6 @@ def _yaw(theta: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def _oks_sigmas() -> np.ndarray:
-    from .. import keypoints
-
-    return np.asarray(getattr(keypoints, "SIMSPINE37_SIGMAS", np.full(len(SIMSPINE37), 0.05)))
-
-
 def generate(
     split: str = "train",
     *,
@@ -612,7 +606,7 @@ def generate(
     T, A, K = len(frames), len(actions), len(SIMSPINE37)
     foot = [SIMSPINE37.index(n) for n in _FOOT_KEYPOINTS]
     i_ty = list(tree.independent_names).index("pelvis_ty")
-    sig = _oks_sigmas()
+    sig = oks_sigmas()
     rel_sigma = sig / sig.mean()
     parts = []
     for subject in subjects:
