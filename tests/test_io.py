@@ -228,14 +228,14 @@ def test_trc_bom_and_space_separated_rows(tmp_path):
     np.testing.assert_array_equal(d.positions[1], [[1, 2, 3], [4, 5, 6]])
 
 
-def test_trc_empty_fields_with_literal_infinity(tmp_path):
-    # 'inf' in the file sends the parser down its slow path; the result must not change
+def test_trc_error_literal_infinity_with_empty_fields(tmp_path):
+    # 'inf' in the file sends the parser down its slow path; an infinite marker coordinate is
+    # refused (issue 9: NaN or an empty field marks a missing marker, inf means nothing)
     rows = ["1\t0\t1\t\t3\tinf\t5\t6", "2\t0.1\t1\t2\t3\t-Infinity\t5\t"]
-    d = read_trc(_write(tmp_path, "inf.trc", _trc_text(["A", "B"], rows)))
-    nan, inf = np.nan, np.inf
-    np.testing.assert_array_equal(
-        d.positions, [[[nan, nan, nan], [inf, 5, 6]], [[1, 2, 3], [nan, nan, nan]]]
-    )
+    p = _write(tmp_path, "inf.trc", _trc_text(["A", "B"], rows))
+    err, msg = _error(read_trc, p)
+    _assert_located(err, msg, p, 7, "B.X")
+    assert "finite" in msg
 
 
 def test_trc_large_file_parses(tmp_path):
@@ -452,9 +452,12 @@ def test_storage_opensim4_header_without_name(tmp_path):
 
 
 def test_storage_zero_rows(tmp_path):
+    # written as OpenSim writes an empty table; reading one is an error naming the file and
+    # the line after the labels (issue 9: every use of a motion needs a frame)
     p = write_storage(tmp_path / "z.sto", ["a"], np.zeros(0), np.zeros((0, 1)), in_degrees=None)
-    d = read_storage(p)
-    assert d.values.shape == (0, 1) and d.time.shape == (0,)
+    err, msg = _error(read_storage, p)
+    _assert_located(err, msg, p, 7)
+    assert "no data rows" in msg
 
 
 def test_storage_writer_rejects_bad_input(tmp_path):

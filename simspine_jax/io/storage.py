@@ -154,6 +154,52 @@ def _parse_rows_slowly(
     return out, (empty if empty.any() else None)
 
 
+def _refuse_cut_last_line(lines: list[str], last_row: int, ncols: int, path: str) -> None:
+    """Refuse a last data row that looks cut short by a truncated copy or write.
+
+    ``lines`` are the file's lines (``_read_lines``), ``last_row`` the 0-based index of the
+    last data row. Only a row that ends the file *without* a line end can be cut: refused when
+    it has fewer fields than ``ncols`` (trailing empty fields included) or when its last value
+    ends in ``.`` (``72.`` left of ``72.639``, which would otherwise read as 72). A cut that
+    leaves a complete-looking number (``72.6``) cannot be told from data and is read as is.
+    """
+    if last_row != len(lines) - 1 or not lines[last_row].strip():
+        return  # the file ends with a line end (split leaves '' last) or the row is not last
+    raw = lines[last_row].rstrip(" \r")
+    fields = raw.split("\t") if "\t" in raw else raw.split()
+    last = next((f.strip() for f in reversed(fields) if f.strip()), "")
+    if len(fields) < ncols:
+        why = f"only {len(fields)} of {ncols} fields"
+    elif last.endswith("."):
+        why = f"its last value is {last!r}"
+    else:
+        return
+    raise InputError(
+        f"the last line has no line end and {why}: the file looks cut short (a truncated copy "
+        "or write); restore the whole file",
+        path=path,
+        line=last_row + 1,
+    )
+
+
+def _first_bad_value(values: np.ndarray, limit: float, *, allow_inf: bool):
+    """(row, column) of the first value (row-major) that is inf (unless ``allow_inf``) or
+    finite with magnitude above ``limit``; NaN is fine. None when there is none."""
+    big = np.abs(values) > limit
+    if allow_inf:
+        big &= np.isfinite(values)
+    if not big.any():
+        return None
+    r, c = np.argwhere(big)[0]
+    return int(r), int(c)
+
+
+def _bad_value_message(v: float, limit: float, unit: str = "") -> str:
+    if not np.isfinite(v):
+        return f"value {float(v)!r} is not a finite number"
+    return f"absurd value {v:.6g}{unit} (more than {limit:g}{unit} in magnitude)"
+
+
 def _format_rows(mat: np.ndarray, blank_nan: bool = False) -> list[str]:
     """Rows of ``mat`` as tab-joined shortest round-trip reprs (exact when read back).
 
@@ -200,6 +246,39 @@ class StorageData:
 # --------------------------------------------------------------------------------------------
 
 _LEGACY_KEYS = ("datarows", "datacolumns", "range")
+
+# Largest magnitude of a finite value a Storage file may hold. No quantity OpenSim writes in SI
+# units (angles, lengths, forces, moments, powers, activations) comes near 1e15; a value beyond
+# it is a corrupt number, and its square overflows float64 further down (above 1e154). NaN and
+# +-inf stay allowed: OpenSim writes them on purpose (missing values, unbounded quantities) and
+# the code that uses a column checks it is finite where it must be.
+STORAGE_MAX_ABS = 1e15
+# Largest |time| in seconds (TRC and Storage): 1e10 s is 317 years, room for absolute Unix
+# timestamps (1.7e9 s) that some exporters write; beyond it time steps lose their precision.
+TIME_MAX_ABS = 1e10
+
+
+def _check_time(time: np.ndarray, line_numbers: Sequence[int], path: str, field: str) -> None:
+    """Time must be finite, |t| <= TIME_MAX_ABS, and increase strictly from row to row (a
+    repeated, swapped or decreasing time is refused at the first row where it stops
+    increasing: OpenSim refuses decreasing times, and a repeated one leaves the sampling rate
+    and the order of the frames undefined)."""
+    bad = ~(np.abs(time) <= TIME_MAX_ABS)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        why = "missing or not finite" if not np.isfinite(time[r]) else f"absurd ({time[r]:.6g} s)"
+        raise InputError(f"time is {why}", path=path, line=line_numbers[r], field=field)
+    step = np.diff(time)
+    if step.size and not np.all(step > 0):
+        r = int(np.flatnonzero(~(step > 0))[0]) + 1
+        how = "repeats" if time[r] == time[r - 1] else "goes back"
+        raise InputError(
+            f"time {how}: {time[r]!r} s after {time[r - 1]!r} s on line {line_numbers[r - 1]} "
+            "(time must increase strictly from row to row)",
+            path=path,
+            line=line_numbers[r],
+            field=field,
+        )
 
 
 def _header_int(header: dict[str, str], where: dict[str, int], keys: tuple[str, ...], p: str):
@@ -320,8 +399,21 @@ def read_storage(path: str | os.PathLike[str]) -> StorageData:
             )
         rows.append(s)
         numbers.append(i + 1)
+    if not rows:
+        raise InputError("no data rows after the column labels (zero frames)", path=p, line=li + 2)
+    _refuse_cut_last_line(lines, numbers[-1] - 1, ncols, p)
 
     data, _ = _parse_float_rows(rows, numbers, ncols, lambda j: labels[j], p, allow_empty=False)
+    _check_time(data[:, 0], numbers, p, labels[0])
+    bad = _first_bad_value(data[:, 1:], STORAGE_MAX_ABS, allow_inf=True)
+    if bad is not None:
+        r, c = bad
+        raise InputError(
+            _bad_value_message(data[r, c + 1], STORAGE_MAX_ABS),
+            path=p,
+            line=numbers[r],
+            field=labels[c + 1],
+        )
     return StorageData(
         labels=tuple(labels[1:]),
         time=np.ascontiguousarray(data[:, 0]),

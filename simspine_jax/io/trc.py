@@ -38,9 +38,27 @@ import numpy as np
 
 from ..errors import InputError
 from ._atomic import atomic_open
-from .storage import _format_rows, _parse_float_rows, _read_lines
+from .storage import (
+    _bad_value_message,
+    _check_time,
+    _first_bad_value,
+    _format_rows,
+    _parse_float_rows,
+    _read_lines,
+    _refuse_cut_last_line,
+)
 
 __all__ = ["TRCData", "read_trc", "write_trc"]
+
+# Plausibility bounds of marker data, in metres after the Units conversion (see
+# _check_marker_scale). A person spans at most ~2.5 m in any frame (stature or arm span of the
+# tallest adults, arms raised); markers on props or lab references seldom add much. A median
+# per-frame span above 10 m (4x that) means a wrong Units value: millimetres labelled 'm'
+# make a 1.7 m body 1,700 m, labelled 'cm' 17 m. Small spans are not checked: one marker, a
+# rigid cluster or a hand set legitimately span a few centimetres.
+MAX_FRAME_SPAN_M = 10.0
+# No capture volume reaches 10 km from its origin: a coordinate beyond is a corrupt number.
+MAX_ABS_POSITION_M = 1e4
 
 # divide a value in these units by the factor to get metres
 _UNITS_PER_METRE = {
@@ -208,7 +226,8 @@ def read_trc(path: str | os.PathLike[str]) -> TRCData:
         s = lines[i].rstrip()
         if not s.strip():
             continue
-        if "\t" not in s:
+        spaced = "\t" not in s
+        if spaced:
             s = "\t".join(s.split())
         n = s.count("\t") + 1
         if n > ncols:
@@ -219,6 +238,15 @@ def read_trc(path: str | os.PathLike[str]) -> TRCData:
                 line=i + 1,
             )
         if n < ncols:
+            if spaced:  # runs of spaces hide where the blank (missing) fields were
+                raise InputError(
+                    f"space-separated row with {n} of {ncols} values: with spaces as "
+                    "separators the missing (blank) fields cannot be located, so the markers "
+                    "after a gap would shift; separate fields by tabs or write missing values "
+                    "as NaN",
+                    path=p,
+                    line=i + 1,
+                )
             s += "\t" * (ncols - n)
         rows.append(s)
         numbers.append(i + 1)
@@ -227,12 +255,24 @@ def read_trc(path: str | os.PathLike[str]) -> TRCData:
             "no data rows (zero frames) after the header", path=p, line=min(6, n_lines + 1)
         )
 
+    _refuse_cut_last_line(lines, numbers[-1] - 1, ncols, p)
+
     def column_name(j: int) -> str:
         if j < 2:
             return ("Frame#", "Time")[j]
         return f"{names[(j - 2) // 3]}.{'XYZ'[(j - 2) % 3]}"
 
     data, empty = _parse_float_rows(rows, numbers, ncols, column_name, p, allow_empty=True)
+    bad = _first_bad_value(data[:, 2:], MAX_ABS_POSITION_M * scale, allow_inf=False)
+    if bad is not None:
+        r, c = bad
+        msg = _bad_value_message(data[r, c + 2], MAX_ABS_POSITION_M * scale, f" {units}")
+        raise InputError(
+            f"marker coordinate: {msg} (NaN or an empty field marks a missing marker)",
+            path=p,
+            line=numbers[r],
+            field=column_name(c + 2),
+        )
 
     frames = data[:, 0]
     bad = ~np.isfinite(frames) | (frames != np.round(frames))
@@ -242,16 +282,14 @@ def read_trc(path: str | os.PathLike[str]) -> TRCData:
             "frame number missing or not an integer", path=p, line=numbers[r], field="Frame#"
         )
     time = np.ascontiguousarray(data[:, 1])
-    bad = ~np.isfinite(time)
-    if bad.any():
-        r = int(np.flatnonzero(bad)[0])
-        raise InputError("time missing or not finite", path=p, line=numbers[r], field="Time")
+    _check_time(time, numbers, p, "Time")
     positions = data[:, 2:].reshape(len(rows), n_markers, 3)
     if scale != 1.0:
         positions = positions / scale
     if empty is not None:
         # like OpenSim: one empty coordinate field makes the whole marker missing
         positions[empty[:, 2:].reshape(len(rows), n_markers, 3).any(axis=2)] = np.nan
+    _check_marker_scale(positions, units, p)
     return TRCData(
         marker_names=tuple(names),
         time=time,
@@ -262,6 +300,31 @@ def read_trc(path: str | os.PathLike[str]) -> TRCData:
         orig_units=units,
         path=p,
     )
+
+
+def _check_marker_scale(positions: np.ndarray, units: str, path: str) -> None:
+    """Refuse marker data whose size does not fit its declared unit (see MAX_FRAME_SPAN_M).
+
+    The span of a frame is the largest extent along x, y or z of its observed markers; frames
+    with fewer than two observed coordinates on an axis do not count. The median over frames
+    is robust to a few glitches. ``positions`` (T, M, 3) metres, NaN = missing."""
+    seen = ~np.isnan(positions)
+    counted = seen.sum(axis=1) >= 2  # (T, 3)
+    if not counted.any():
+        return
+    hi = np.where(seen, positions, -np.inf).max(axis=1)
+    lo = np.where(seen, positions, np.inf).min(axis=1)
+    span = np.where(counted, hi - lo, 0.0).max(axis=1)[counted.any(axis=1)]
+    median = float(np.median(span))
+    if median > MAX_FRAME_SPAN_M:
+        raise InputError(
+            f"the markers of a frame span {median:.4g} m (median over frames) when read in "
+            f"{units!r}; a person spans about 0.5-3 m, so the Units value is likely wrong "
+            "(millimetres labelled 'm' or 'cm'?); fix the Units field of line 3",
+            path=path,
+            line=3,
+            field="Units",
+        )
 
 
 def _fmt_rate(r: float) -> str:
