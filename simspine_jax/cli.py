@@ -154,6 +154,32 @@ def _show_our_warnings_on_one_line() -> None:
 
 
 # ----------------------------------------------------------------------------- argparse
+def _weight(text: str) -> float:
+    """argparse type of a smoothing weight: a finite number >= 0 (not nan, inf or negative,
+    which the solver cannot use; argparse turns the ValueError into a usage error, exit 2)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (np.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return v
+
+
+def _frame_count(text: str) -> int:
+    """argparse type of ``demo --frames``: an integer >= 2 (a trial's sampling rate needs two
+    frames)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 2 (the sample trial's sampling rate needs two frames), got {n}"
+        )
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="simspine-jax",
@@ -197,8 +223,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--markers", help="OpenSim MarkerSet .xml (overrides the model's markers)")
     k.add_argument("--trc", required=True, nargs="+", help="marker trials (.trc)")
     k.add_argument("--setup", help="OpenSim IK setup .xml (marker weights, coordinate tasks)")
-    k.add_argument("--smooth-vel", type=float, default=0.0, help="lambda_v on |D1 q|^2")
-    k.add_argument("--smooth-acc", type=float, default=0.0, help="lambda_a on |D2 q|^2")
+    k.add_argument("--smooth-vel", type=_weight, default=0.0, help="lambda_v >= 0 on |D1 q|^2")
+    k.add_argument("--smooth-acc", type=_weight, default=0.0, help="lambda_a >= 0 on |D2 q|^2")
     k.add_argument(
         "-o",
         "--out",
@@ -224,7 +250,9 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job on the bundled default data")
     d.add_argument("-o", "--out", default="out/demo", help="output folder")
-    d.add_argument("--frames", type=int, default=300, help="frames of the sample trial")
+    d.add_argument(
+        "--frames", type=_frame_count, default=300, help="frames of the sample trial (>= 2)"
+    )
     d.add_argument("--no-opensim", action="store_true", help="skip the OpenSim cross-check")
 
     # further subcommands live beside their stage: each module of simspine_jax/commands/ named
