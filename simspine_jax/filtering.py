@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -497,10 +498,15 @@ def filter_trc(
     Order of the steps: :func:`fill_gaps` (``max_gap`` frames, ``method``), then
     :func:`butterworth_filtfilt` (skipped when ``cutoff_hz`` is None), then
     :func:`to_opensim_axes` with ``up`` (skipped when None). ``units`` of the output default
-    to the input's when it is m, mm or cm, else metres.
+    to the input's when it is m, mm or cm, else metres. ``trc_out`` ending with a path
+    separator or naming a folder means ``<input stem>_filtered.trc`` inside it; an output that
+    is the input is refused (:mod:`simspine_jax.io.outputs`).
     """
     from .io import read_trc, write_trc
+    from .io.outputs import output_file, refuse_inputs, writing_to
 
+    trc_out = output_file(trc_out, Path(trc_in).stem + "_filtered.trc", field="out")
+    refuse_inputs([trc_out], [trc_in], field="out")
     trc = read_trc(trc_in)
     rate = trc_rate(trc.time, trc.path)
     pos, gaps = fill_gaps(trc.positions, max_gap, method=method, points=True)
@@ -523,5 +529,6 @@ def filter_trc(
         summary["up"] = up
     if units is None:
         units = trc.orig_units.lower() if trc.orig_units.lower() in ("m", "mm", "cm") else "m"
-    write_trc(trc_out, trc.marker_names, trc.time, pos, units=units, data_rate=rate)
+    with writing_to(trc_out, field="out"):
+        write_trc(trc_out, trc.marker_names, trc.time, pos, units=units, data_rate=rate)
     return summary

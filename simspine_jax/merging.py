@@ -333,9 +333,21 @@ def merge_trc_files(
     pseudo_offset_s, on_duplicate, rename_suffix, known_up, pseudo_up), write the merged TRC
     and, with ``setup_out``, its IK setup (:func:`ik_setup_xml`: weights from
     :func:`marker_weights`, ``time_range`` the merged trial's, ``marker_file`` the merged TRC).
-    Returns a JSON-ready summary."""
-    from .io import read_trc, write_trc
+    Returns a JSON-ready summary.
 
+    ``out_trc`` (``setup_out``) ending with a path separator or naming a folder means
+    ``merged.trc`` (``IK_Setup_merged.xml``) inside it; an output that is an input, or both
+    outputs the same file, is refused before anything is read (:mod:`simspine_jax.io.outputs`).
+    """
+    from .io import read_trc, write_trc
+    from .io.outputs import output_file, refuse_inputs, writing_to
+
+    out_trc = output_file(out_trc, "merged.trc", field="out")
+    refuse_inputs([out_trc], [known_trc, pseudo_trc], field="out")
+    if setup_out is not None:
+        setup_out = output_file(setup_out, "IK_Setup_merged.xml", field="setup_out")
+        refuse_inputs([setup_out], [known_trc, pseudo_trc], field="setup_out")
+        refuse_inputs([setup_out], [out_trc], field="setup_out", what="the TRC output")
     known, pseudo = read_trc(known_trc), read_trc(pseudo_trc)
     merged = merge_markers(known, pseudo, **merge_options)
     if merged.time.size == 0:
@@ -348,9 +360,10 @@ def merge_trc_files(
             if merge_options.get("time_base", "known") == "known"
             else (pseudo.data_rate)
         )
-    write_trc(
-        out_trc, merged.marker_names, merged.time, merged.positions, units=units, data_rate=rate
-    )
+    with writing_to(out_trc, field="out"):
+        write_trc(
+            out_trc, merged.marker_names, merged.time, merged.positions, units=units, data_rate=rate
+        )
     summary = dict(
         known=str(known_trc),
         pseudo=str(pseudo_trc),
@@ -371,19 +384,21 @@ def merge_trc_files(
         },
     )
     if setup_out is not None:
-        ik_setup_xml(
-            setup_out,
-            w,
-            marker_file=out_trc,
-            model_file=model_file,
-            time_range=(float(merged.time[0]), float(merged.time[-1])),
-            output_motion_file=output_motion_file,
-            comment=(
-                f"written by simspine-jax merge: {summary['known_markers']} known markers "
-                f"(weight {known_weight:g}), {summary['pseudo_markers']} pseudo-markers (weight "
-                f"{pseudo_weight:g}); duplicates: {merged.rule}"
-            ),
+        comment = (
+            f"written by simspine-jax merge: {summary['known_markers']} known markers (weight "
+            f"{known_weight:g}), {summary['pseudo_markers']} pseudo-markers (weight "
+            f"{pseudo_weight:g}); markers in both files: {merged.rule}"
         )
+        with writing_to(setup_out, field="setup_out"):
+            ik_setup_xml(
+                setup_out,
+                w,
+                marker_file=out_trc,
+                model_file=model_file,
+                time_range=(float(merged.time[0]), float(merged.time[-1])),
+                output_motion_file=output_motion_file,
+                comment=comment,
+            )
         summary["setup"] = str(setup_out)
         summary["weights"] = w
     return summary

@@ -274,3 +274,15 @@ def test_filter_trc_and_cli(tmp_path, capsys):
     # a cutoff above Nyquist: exit code 2 with a one-line message
     assert main(["filter", "--trc", str(src), "-o", str(out2), "--cutoff", "40"]) == 2
     assert "Nyquist" in capsys.readouterr().err
+    # never over the input; -o DIR/ means DIR/<stem>_filtered.trc
+    assert main(["filter", "--trc", str(src), "-o", str(src)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert main(["filter", "--trc", str(src), "-o", f"{tmp_path / 'd'}/", "--strict"]) == 0
+    assert (tmp_path / "d" / "in_filtered.trc").is_file()
+    # --strict: a marker with a stretch too short to filter is an error
+    short = pos.copy()
+    short[10, 2] = np.nan  # marker C: frames 0-9 cannot be filtered (with no gap filling)
+    write_trc(tmp_path / "short.trc", ["A", "B", "C"], time, short)
+    argv = ["filter", "--trc", str(tmp_path / "short.trc"), "-o", str(out2), "--max-gap", "0"]
+    assert main(argv + ["--strict"]) == 2
+    assert "needs at least 16" in capsys.readouterr().err

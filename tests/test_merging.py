@@ -216,6 +216,13 @@ def test_merge_cli(tmp_path, capsys):
     assert read_ik_setup(setup).marker_weights == summary["weights"]
     assert main(args + ["-o", str(out), "--on-duplicate", "error"]) == 2
     assert "in both files" in capsys.readouterr().err
+    # outputs never replace inputs or each other; -o DIR/ means DIR/merged.trc
+    assert main(args + ["-o", str(tmp_path / "known.trc")]) == 2
+    assert main(args + ["-o", str(out), "--setup-out", str(out)]) == 2
+    assert "would overwrite the TRC output" in capsys.readouterr().err
+    assert main(args + ["-o", f"{tmp_path / 'd'}/", "--setup-out", f"{tmp_path / 'd'}/"]) == 0
+    setup = read_ik_setup(tmp_path / "d" / "IK_Setup_merged.xml")
+    assert setup.resolve(setup.marker_file) == (tmp_path / "d" / "merged.trc").resolve()
 
 
 def test_setup_writer_refuses_bad_weights(tmp_path):
