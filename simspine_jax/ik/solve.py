@@ -252,10 +252,23 @@ def solve_ik_batch(
     by the CLI). ``coord_tasks``: one (index, weight, target) tuple for every sequence, or a
     list with one tuple per sequence (same index and weight; e.g. per-frame targets from
     coordinate files). ``progress``: a progress bar over the segments of long trials."""
+    # entry checks (issue 9): the same refusals as the CLI, before any work
+    if not isinstance(tree, KinematicTree):
+        raise InputError(f"tree must be a KinematicTree, got {type(tree).__name__}", field="tree")
+    if not isinstance(sequences, list | tuple):
+        raise InputError(
+            "sequences must be a list of (T, M, 3) marker arrays (solve_ik takes one), got "
+            f"{type(sequences).__name__}",
+            field="sequences",
+        )
+    if options is not None and not isinstance(options, IKOptions):
+        raise InputError(
+            f"options must be an IKOptions, got {type(options).__name__}", field="options"
+        )
+    options = _resolve(IKOptions() if options is None else options)
     if not sequences:
         return []
     _check_dtype(tree)
-    options = _resolve(IKOptions() if options is None else options)
     lengths = [int(np.shape(s)[0]) if np.ndim(s) == 3 else 0 for s in sequences]
     tasks = coord_tasks if isinstance(coord_tasks, list) else [coord_tasks] * len(sequences)
     if len(tasks) != len(sequences):
