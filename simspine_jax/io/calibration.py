@@ -9,6 +9,10 @@ Camera model (OpenCV's pinhole + Brown-Conrady, as Pose2Sim and Anipose use it):
     y_d   = y (1 + k1 r2 + k2 r2^2 + k3 r2^3) + p1 (r2 + 2 y^2) + 2 p2 x y
     u, v  = K @ (x_d, y_d, 1)
 
+This is ``cv2.projectPoints`` to 1e-9 px and ``cv2.undistortPointsIter`` to 1e-14 (golden test
+against OpenCV 4.11), except that OpenCV's projection ignores a skew ``K[0, 1]``, which we apply
+as ``P = K [R | t]`` (Pose2Sim's DLT) does; calibrations write 0 there.
+
 Pose2Sim's TOML holds one table per camera (any key; ``metadata``, ``capture_volume``,
 ``charuco`` and ``checkerboard`` tables are not cameras) with ``name``, ``size`` =
 ``[width, height]`` in px, ``matrix`` (K, 3x3), ``distortions`` = ``[k1, k2, p1, p2]`` (we also
@@ -100,9 +104,9 @@ def rodrigues_to_matrix(rvec: np.ndarray) -> np.ndarray:
 def matrix_to_rodrigues(R: np.ndarray) -> np.ndarray:
     """Rodrigues vector of a rotation matrix (angle in [0, pi]). Shape: (3,)."""
     R = np.asarray(R, dtype=np.float64)
-    cos = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
-    theta = math.acos(cos)
     w = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    # atan2 of sin and cos: accurate at every angle (acos loses half the digits near 0 and pi)
+    theta = math.atan2(float(np.linalg.norm(w)) / 2.0, (float(np.trace(R)) - 1.0) / 2.0)
     if theta < 1e-6:
         return w / 2.0  # sin(theta)/theta -> 1
     if math.pi - theta < 1e-4:
