@@ -329,43 +329,68 @@ _SIGTERM_CHILD = textwrap.dedent(
     from pathlib import Path
     from simspine_jax.io.outputs import STAGING_PREFIX, output_set
 
-    out, when = Path(sys.argv[1]), sys.argv[2]
+    out, when, sig = Path(sys.argv[1]), sys.argv[2], getattr(signal, sys.argv[3])
     real = os.replace
 
     def replace(src, dst):
         real(src, dst)
         if when == "move" and STAGING_PREFIX in str(src):
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
 
     os.replace = replace
     with output_set(out) as stage:
         (stage / "trial.mot").write_text("new mot")
         if when == "write":
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
         (stage / "trial_model_marker_locations.sto").write_text("new sto")
     print("not reached")
     """
 )
 
 
+def _killed_child(out: Path, when: str, sig: str) -> None:
+    """Old two-file set in ``out``; a child writes a new one and gets ``sig`` while writing
+    or after the first of the two files was moved in."""
+    out.mkdir()
+    for n in ("trial.mot", "trial_model_marker_locations.sto"):
+        (out / n).write_text("old " + n.split(".")[-1])
+    p = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_CHILD, str(out), when, sig],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == -getattr(signal, sig), p.stderr
+    assert "not reached" not in p.stdout
+
+
+def _assert_whole_set(out: Path, expected: str, extra=()) -> None:
+    names = ["trial.mot", "trial_model_marker_locations.sto", *extra]
+    assert sorted(os.listdir(out)) == sorted(names)  # no staging folder left
+    assert (out / "trial.mot").read_text() == f"{expected} mot"
+    assert (out / "trial_model_marker_locations.sto").read_text() == f"{expected} sto"
+
+
 def test_sigterm_leaves_a_whole_set_and_no_temporary_files(tmp_path):
     """In a child: SIGTERM's default action would kill at once, leaving the staging folder."""
     for when, expected in (("write", "old"), ("move", "new")):
+        _killed_child(tmp_path / when, when, "SIGTERM")
+        _assert_whole_set(tmp_path / when, expected)
+
+
+def test_sigkill_leftovers_are_completed_by_the_next_write(tmp_path):
+    """SIGKILL runs no cleanup: the next output_set in the folder moves in a set whose
+    journal was written and deletes an unfinished one."""
+    for when, expected in (("write", "old"), ("move", "new")):
         out = tmp_path / when
-        out.mkdir()
-        for n in ("trial.mot", "trial_model_marker_locations.sto"):
-            (out / n).write_text("old " + n.split(".")[-1])
-        p = subprocess.run(
-            [sys.executable, "-c", _SIGTERM_CHILD, str(out), when],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert p.returncode == -signal.SIGTERM, p.stderr
-        assert "not reached" not in p.stdout
-        assert sorted(os.listdir(out)) == ["trial.mot", "trial_model_marker_locations.sto"]
-        assert (out / "trial.mot").read_text() == f"{expected} mot"
-        assert (out / "trial_model_marker_locations.sto").read_text() == f"{expected} sto"
+        _killed_child(out, when, "SIGKILL")
+        assert any(n.startswith(STAGING_PREFIX) for n in os.listdir(out))
+        if when == "move":  # the mixed set a hard kill leaves until recovery
+            assert (out / "trial.mot").read_text() == "new mot"
+            assert (out / "trial_model_marker_locations.sto").read_text() == "old sto"
+        with output_set(out) as stage:  # another trial written into the same folder
+            (stage / "other.mot").write_text("other")
+        _assert_whole_set(out, expected, extra=["other.mot"])
 
 
 def test_output_set_refuses_a_non_regular_target_before_moving(tmp_path):

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
+import socket
 import stat
 import tempfile
 import threading
@@ -36,12 +38,15 @@ __all__ = [
     "check_output_file",
     "output_file",
     "output_set",
+    "recover_output_sets",
     "refuse_inputs",
     "unique_stems",
     "writing_to",
 ]
 
 STAGING_PREFIX = ".simspine-staging-"  # temporary folders of output_set, inside the output folder
+_JOURNAL = ".simspine-journal"  # in a staging folder: its files are complete, being moved in
+_ACTIVE: set[str] = set()  # staging folders of this process in use now
 
 
 class OutputError(InputError):
@@ -50,6 +55,7 @@ class OutputError(InputError):
 
 
 _KINDS = (
+    (stat.S_ISREG, "a file"),
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISLNK, "a symbolic link"),
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -282,7 +288,7 @@ def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:
 def _commit(staging: Path, out_dir: Path, names: list[str]) -> None:
     """Move ``staging/name`` to ``out_dir/name`` for every name; on any failure put every old
     file back and remove the new ones (the old set stays whole)."""
-    backup = staging / ".previous"
+    backup = staging / ".simspine-previous"
     backup.mkdir()
     kept: list[str] = []  # old files saved in backup
     placed: list[str] = []  # new files moved in
@@ -308,6 +314,71 @@ def _commit(staging: Path, out_dir: Path, names: list[str]) -> None:
         raise
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _owner_gone(name: str) -> bool:
+    """Whether the process that made staging folder ``name`` has ended (only knowable for
+    folders made on this host)."""
+    try:
+        host, pid, _ = name[len(STAGING_PREFIX) :].rsplit("-", 2)
+        pid_n = int(pid)
+    except ValueError:
+        return False  # not named by us
+    if host != _host():
+        return False
+    if pid_n == os.getpid():
+        return name not in _ACTIVE
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. EPERM: alive, another user's
+        return False
+    return False
+
+
+def recover_output_sets(out_dir: str | os.PathLike[str]) -> list[str]:
+    """Finish what a hard-killed :func:`output_set` left in ``out_dir`` (SIGKILL, power loss):
+    a staging folder whose process has ended is either moved in (its files were complete and
+    the move had begun: the journal says so) or deleted (they were not: the old set was never
+    touched). Folders of live processes, or made on another host, are left alone. Called by
+    :func:`output_set` on entry. Returns one line per folder handled."""
+    out = Path(out_dir)
+    done = []
+    try:
+        entries = [e for e in os.scandir(out) if e.name.startswith(STAGING_PREFIX)]
+    except FileNotFoundError:
+        return done
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False) or not _owner_gone(entry.name):
+            continue
+        staging = Path(entry.path)
+        journal = staging / _JOURNAL
+        if journal.is_file():
+            names = journal.read_text(encoding="utf-8").splitlines()
+            for n in names:
+                plain = n and n not in (".", "..") and "/" not in n and os.sep not in n
+                if plain and (staging / n).is_file() and not (staging / n).is_symlink():
+                    os.replace(staging / n, out / n)
+            _fsync_path(out)
+            done.append(f"{staging}: moved in {len(names)} complete files")
+        else:
+            done.append(f"{staging}: removed (unfinished, the old files were untouched)")
+        shutil.rmtree(staging, ignore_errors=True)
+    return done
+
+
+def _write_journal(staging: Path, names: list[str]) -> None:
+    fd = os.open(staging / _JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("".join(n + "\n" for n in names))
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_path(staging)
+
+
 @contextlib.contextmanager
 def output_set(out_dir: str | os.PathLike[str], *, field: str | None = None) -> Iterator[Path]:
     """Write a set of files that must appear together: yields a staging folder; write the
@@ -321,18 +392,24 @@ def output_set(out_dir: str | os.PathLike[str], *, field: str | None = None) -> 
       or SIGTERM (which, when the program has no handler of its own, is turned into an
       exception while here and re-sent once the staging folder is gone): the staging folder
       (``out_dir/.simspine-staging-*``) is removed, nothing in ``out_dir`` changed;
-    - the files are fsync'ed before any is moved; the move is a few renames in one file system
-      with SIGINT/SIGTERM held until it ends, and a rename that fails puts the old files back.
+    - the files are fsync'ed, then a journal naming them, before any is moved; the move is a
+      few renames in one file system with SIGINT/SIGTERM held until it ends, and a rename
+      that fails puts the old files back.
 
-    Only a hard kill (SIGKILL, power loss) during those renames can leave a mixed set, with the
-    staging folder still present to show it. Existing targets must be regular files
-    (:func:`check_output_file`); OSErrors become :class:`OutputError` naming the path.
+    A hard kill (SIGKILL, power loss) cannot run cleanup code: it can leave the staging folder
+    and, during the renames, a mixed set. The next ``output_set`` in that folder (or
+    :func:`recover_output_sets`) completes the move if the journal was written, or else deletes
+    the unfinished folder. Existing targets must be regular files (:func:`check_output_file`);
+    OSErrors become :class:`OutputError` naming the path.
     """
     out = Path(out_dir)
     check_output_dir(out, field=field)
     with writing_to(out, field=field):
         out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+        recover_output_sets(out)
+        prefix = f"{STAGING_PREFIX}{_host()}-{os.getpid()}-"
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out))
+    _ACTIVE.add(staging.name)
     terminated: int | None = None
     try:
         with _sigterm_raises():
@@ -345,14 +422,21 @@ def output_set(out_dir: str | os.PathLike[str], *, field: str | None = None) -> 
                     if not stat.S_ISREG(st.st_mode):
                         raise _fail(f"only files can be staged, not {_kind(st.st_mode)}", n, field)
                     _fsync_path(staging / n)
-                _fsync_path(staging)
+                _write_journal(staging, names)
                 with _signals_deferred():
-                    _commit(staging, out, names)
+                    try:
+                        _commit(staging, out, names)
+                    except BaseException:
+                        # rolled back: nothing for a later recovery to move in
+                        with contextlib.suppress(OSError):
+                            os.unlink(staging / _JOURNAL)
+                        raise
                     _fsync_path(out)
     except _Terminated as e:
         terminated = int(e.args[0]) if e.args else signal.SIGTERM
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _ACTIVE.discard(staging.name)
     if terminated is not None:
         # the default action, now that the temporary files are gone
         signal.signal(terminated, signal.SIG_DFL)
