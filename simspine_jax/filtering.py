@@ -154,8 +154,14 @@ def fill_gaps(x, max_gap: int, *, method: str = "cubic", points: bool | None = N
     * ``method="cubic"``: the not-a-knot cubic spline (``scipy.interpolate.make_interp_spline``,
       ``k=3``, what Pose2Sim's ``interpolate_zeros_nans`` fits through ``interp1d(kind='cubic')``)
       through the valid frames of the gap's segment: the stretch of the channel between gaps
-      that are left, so data on the far side of a long gap has no say. A segment with fewer
-      than 4 valid frames is filled linearly. Cubic polynomials in time are reproduced exactly.
+      that are left, so data on the far side of a long gap has no say (Pose2Sim fits one
+      spline through every valid frame of the trial, which differs from ours only near a long
+      gap). A segment with fewer than 4 valid frames is filled linearly. Cubic polynomials in
+      time are reproduced exactly.
+
+    Only NaN marks a missing sample (Pose2Sim also treats an exact 0 as missing; convert such
+    values to NaN first). Gaps left stay NaN (Pose2Sim can fill them with the last value or
+    zeros; OpenSim's IK skips a NaN marker in that frame).
 
     Returns ``(filled, report)``: ``filled`` has ``x``'s shape and floating dtype (valid samples
     and gaps left are copied unchanged), ``report`` a :class:`GapReport`.
