@@ -137,6 +137,21 @@ def test_ik_refuses_outputs_onto_inputs_and_duplicate_stems(tmp_path, tree, caps
     assert "not a folder" in _error_line(capsys)
 
 
+def test_crosscheck_and_demo_refuse_a_file_as_output_folder(tmp_path, tree, capsys):
+    trc = _trc(tmp_path / "t.trc", tree)
+    before = trc.read_bytes()
+    argv = ["crosscheck", "--osim", str(TWO_LINK), "--trc", str(trc), "-o", str(trc)]
+    assert main(argv) == 2
+    assert "not a folder" in _error_line(capsys)
+    (tmp_path / "cc" / "opensim").mkdir(parents=True)
+    os.mkfifo(tmp_path / "cc" / "opensim" / "t.mot")  # where OpenSim's child would write
+    assert main([*argv[:-1], str(tmp_path / "cc")]) == 2
+    assert "FIFO" in _error_line(capsys)
+    assert main(["demo", "-o", str(trc), "--frames", "8", "--no-opensim"]) == 2
+    assert "not a folder" in _error_line(capsys)
+    assert trc.read_bytes() == before
+
+
 # ----------------------------------------------------------------------------- non-regular files
 @pytest.mark.parametrize("kind", ["fifo", "symlink", "device", "directory"])
 def test_non_regular_targets_are_refused(tmp_path, kind, capsys):
