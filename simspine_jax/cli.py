@@ -95,7 +95,7 @@ def run_fk(model: str, mot: str, out_trc: str, markers: str | None = None, plot:
     from .errors import InputError
     from .fk import forward_kinematics
     from .io import read_storage, write_trc
-    from .io.outputs import output_file, refuse_inputs, writing_to
+    from .io.outputs import output_file, output_set, refuse_inputs
     from .model import load_model
     from .pipeline import motion_to_independent
 
@@ -125,8 +125,8 @@ def run_fk(model: str, mot: str, out_trc: str, markers: str | None = None, plot:
     if plot:
         from .plots import plot_marker_trajectories
 
-        with writing_to(plot, field="plot"):
-            plot_marker_trajectories(motion.time, pos, tree.marker_names, plot)
+        with output_set(plot.parent, field="plot") as stage:  # no stray temporary file
+            plot_marker_trajectories(motion.time, pos, tree.marker_names, stage / plot.name)
         summary["plot"] = str(plot)
     return summary
 

@@ -270,7 +270,7 @@ def run_demo(out, frames: int = 300, opensim_check: bool = True, excerpt: int = 
         default_osim_path,
     )
     from .io import read_storage, write_trc
-    from .io.outputs import check_output_dir, check_output_file, writing_to
+    from .io.outputs import check_output_dir, check_output_file, output_set, writing_to
     from .model import load_model
     from .plots import plot_ik_summary
     from .synth import synthetic_trial
@@ -287,8 +287,8 @@ def run_demo(out, frames: int = 300, opensim_check: bool = True, excerpt: int = 
     summaries = run_ik_files(default_model_path(), [trc], out, setup=setup, progress=False)
     mot = read_storage(out / "sample_trial.mot")
     q = motion_to_independent(tree, mot, out / "sample_trial.mot")
-    with writing_to(plot, field="out"):
-        plot_ik_summary(tree, trial, q, plot)
+    with output_set(out, field="out") as stage:  # no stray temporary file
+        plot_ik_summary(tree, trial, q, stage / plot.name)
     err_deg = np.rad2deg(np.abs(q - trial["q_true"]))
     report = dict(
         summary=summaries[0],

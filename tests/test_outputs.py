@@ -216,8 +216,8 @@ def test_fk_into_a_folder(tmp_path, capsys):
     mot = _mot(tmp_path / "walk.mot")
     (tmp_path / "res").mkdir()
     argv = ["fk", "--model", str(TWO_LINK), "--mot", str(mot), "-o", str(tmp_path / "res")]
-    assert main(argv) == 0
-    assert os.listdir(tmp_path / "res") == ["walk.trc"]
+    assert main([*argv, "--plot", str(tmp_path / "res") + os.sep]) == 0
+    assert sorted(os.listdir(tmp_path / "res")) == ["walk.trc", "walk_markers.png"]
     assert sio.read_trc(tmp_path / "res" / "walk.trc").positions.shape[0] == 5
     capsys.readouterr()
 
