@@ -261,8 +261,9 @@ def select_person(
 
     ``people`` (T, C, P, K, 3) candidates (x, y, confidence; NaN rows where a camera has fewer
     than P people), in marker order. Returns the chosen keypoints (T, C, K, 3) (NaN, confidence
-    0 where a camera has no person) and a report: frames decided by tracking, by cross-view
-    search and by the confidence fallback.
+    0 where a camera has no person) and a report: frames with one person per view, frames
+    decided with a previous 3D skeleton (tracked) or without (searched), by the confidence
+    fallback, and views left empty by the gate.
     """
     T, C, P, K, _ = people.shape
     present = np.isfinite(people[..., 2]).any(-1)  # (T, C, P)
@@ -270,70 +271,68 @@ def select_person(
     chosen = np.full((T, C, K, 3), np.nan)
     single = np.all(n_people <= 1, axis=1)  # (T,)
     first = np.argmax(present, axis=-1)  # (T, C): the only person where single
-    idx = np.arange(T)[:, None], np.arange(C)[None, :]
-    chosen[single] = people[idx[0], idx[1], first][single]
+    chosen[single] = people[np.arange(T)[:, None], np.arange(C)[None, :], first][single]
     chosen[n_people == 0] = np.nan
     stats = dict(single=int(single.sum()), tracked=0, searched=0, fallback=0, no_person_views=0)
 
-    def weights(kp):  # kp (C, K, 3)
+    def weights(kp):  # (..., C, K, 3) -> (..., C, K)
         c = np.nan_to_num(kp[..., 2])
         return np.where(c >= likelihood_threshold, c, 0.0)
 
     for f in np.flatnonzero(~single):
         prev3d = None
         if f > 0:
-            prev = chosen[f - 1]
-            X = _dlt_np(cameras, prev[..., :2], weights(prev))
+            X = _dlt_np(cameras, chosen[f - 1, ..., :2], weights(chosen[f - 1]))
             if np.isfinite(X).all(-1).sum() >= 3:
-                prev3d = X
-        done = False
-        if prev3d is not None:
-            proj = _reproj(cameras, prev3d)  # (C, K, 2)
-            any_pass = False
-            for c in range(C):
-                best, best_d = None, np.inf
-                for p in np.flatnonzero(present[f, c]):
-                    kp = people[f, c, p]
-                    ok = kp[:, 2] >= likelihood_threshold
-                    d = _mean_px(kp[ok, :2], proj[c, ok])
-                    if d < best_d:
-                        best, best_d = p, d
-                if best is not None and best_d <= gate_px:
-                    chosen[f, c] = people[f, c, best]
-                    any_pass = True
-                else:
-                    chosen[f, c] = np.nan
-                    stats["no_person_views"] += int(present[f, c].any())
-            if any_pass:
-                stats["tracked"] += 1
-                done = True
-        if done:
-            continue
+                prev3d = _reproj(cameras, X)  # (C, K, 2)
         options = [np.flatnonzero(present[f, c]) if present[f, c].any() else [-1] for c in range(C)]
         n_comb = int(np.prod([len(o) for o in options]))
         if n_comb > max_combinations:
             for c in range(C):
-                conf = np.nan_to_num(people[f, c, :, :, 2]).mean(-1)
-                chosen[f, c] = people[f, c, int(np.argmax(conf))] if present[f, c].any() else np.nan
-            stats["fallback"] += 1
-            continue
-        best, best_e = None, np.inf
-        for combo in itertools.product(*options):
-            kp = np.stack(
-                [
-                    people[f, c, p] if p >= 0 else np.full((K, 3), np.nan)
-                    for c, p in enumerate(combo)
+                if not present[f, c].any():
+                    continue
+                if prev3d is not None:
+                    d = np.linalg.norm(people[f, c, :, :, :2] - prev3d[c], axis=-1)
+                    score = np.nanmean(np.where(weights(people[f, c]) > 0, d, np.nan), -1)
+                else:
+                    score = -np.nan_to_num(people[f, c, :, :, 2]).mean(-1)
+                chosen[f, c] = people[
+                    f, c, int(np.nanargmin(np.where(present[f, c], score, np.inf)))
                 ]
-            )
+            stats["fallback"] += 1
+        else:
+            combos = np.array(list(itertools.product(*options)))  # (n, C)
+            kp = people[f, np.arange(C)[None, :], np.maximum(combos, 0)]  # (n, C, K, 3)
+            kp[combos < 0] = np.nan
             w = weights(kp)
-            X = _dlt_np(cameras, kp[..., :2], w)
-            proj = _reproj(cameras, X)
-            used = w > 0
-            e = _mean_px(kp[..., :2][used], proj[used])
-            if e < best_e:
-                best, best_e = kp, e
-        chosen[f] = best
-        stats["searched"] += 1
+            # all combinations in one DLT: their keypoints side by side
+            flat_uv = kp[..., :2].transpose(1, 0, 2, 3).reshape(C, -1, 2)
+            flat_w = w.transpose(1, 0, 2).reshape(C, -1)
+            proj = _reproj(cameras, _dlt_np(cameras, flat_uv, flat_w))
+            err = np.linalg.norm(proj - flat_uv, axis=-1).reshape(C, len(combos), K)
+            used = (flat_w > 0).reshape(C, len(combos), K) & np.isfinite(err)
+            score = np.where(used, err, 0).sum((0, 2)) / np.maximum(used.sum((0, 2)), 1)
+            if prev3d is not None:
+                d = np.linalg.norm(kp[..., :2] - prev3d[None], axis=-1)  # (n, C, K)
+                ok = (w > 0) & np.isfinite(d)
+                score = score + np.where(ok, d, 0).sum((1, 2)) / np.maximum(ok.sum((1, 2)), 1)
+            score[used.sum((0, 2)) == 0] = np.inf
+            chosen[f] = kp[int(np.argmin(score))]
+            stats["tracked" if prev3d is not None else "searched"] += 1
+        # gate: a view whose person is far from the other views' triangulation is left empty
+        if C > 2:
+            w = weights(chosen[f])
+            for c in range(C):
+                if w[c].sum() == 0:
+                    continue
+                others = [i for i in range(C) if i != c]
+                X = _dlt_np([cameras[i] for i in others], chosen[f, others, :, :2], w[others])
+                proj = _reproj([cameras[c]], X)[0]
+                e = np.linalg.norm(proj - chosen[f, c, :, :2], axis=-1)[w[c] > 0]
+                e = e[np.isfinite(e)]
+                if e.size and np.median(e) > gate_px:
+                    chosen[f, c] = np.nan
+                    stats["no_person_views"] += 1
     chosen[..., 2] = np.nan_to_num(chosen[..., 2])
     return chosen, stats
 
