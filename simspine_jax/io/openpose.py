@@ -21,14 +21,16 @@ frame ``n - offset``. The common frames run from the first to the last frame any
 a frame a camera lacks is missing (NaN, confidence 0) in that camera.
 
 **Several people** (:func:`select_person`): in a frame where every camera sees at most one
-person, that person is taken. Otherwise the subject is *tracked*: the previous frame's chosen
-keypoints are triangulated (confidence-weighted DLT) and, in each camera, the person whose
-confident keypoints lie closest (mean px) to their reprojection is taken, if closer than
-``gate_px``; a camera where none is that close gets no person in that frame. When there is no
-previous 3D skeleton (first frame, or fewer than 3 keypoints triangulated, or no camera passed
-the gate) the subject is found by *cross-view consistency*: every combination of one person per
-camera is triangulated and the one with the smallest mean reprojection error is taken (when the
-combinations exceed ``max_combinations``, the most confident person of each camera).
+person, that person is taken. Otherwise every combination of one person per camera is scored
+and the lowest score wins. The score is the mean reprojection error (px) of the combination's
+confidence-weighted DLT (cross-view consistency: people mixed across cameras do not
+triangulate), plus, when the previous frame's chosen keypoints triangulate (at least 3
+keypoints), the mean distance (px) of the combination's keypoints to that skeleton's
+reprojection (tracking: of two consistent people, the one who was followed). Then a *gate*:
+in each camera, the chosen person's keypoints are compared with the reprojection of a DLT from
+the other cameras; a median distance above ``gate_px`` leaves that view empty for the frame
+(the subject is out of view and a bystander is in it). More than ``max_combinations``
+combinations: per camera, the person nearest the previous skeleton (else the most confident).
 """
 
 from __future__ import annotations
