@@ -14,11 +14,12 @@ Rules (each one tested in ``tests/test_merging.py``):
   ranges only; no overlap is an :class:`InputError`. Without ``rate_hz`` its frames are those
   of the ``time_base`` stream ("known" by default) inside the overlap; with ``rate_hz`` they are
   ``t0 + k / rate_hz`` from the overlap's start ``t0``.
-* **Resampling.** Each stream is interpolated linearly in time at the merged frames; a merged
-  frame within ``1e-9`` s of a source frame takes that frame's values exactly; a frame between
-  two source frames of which one is missing (NaN) is missing. Resample only what is already
-  gap-filled and filtered (``simspine-jax filter``): linear interpolation of a band-limited
-  signal sampled well above its cutoff changes it by far less than marker noise.
+* **Resampling.** Each stream is interpolated in time at the merged frames, each run of valid
+  frames of each marker on its own (:func:`resample_markers`): by default the not-a-knot cubic
+  spline through the run (``resample="linear"``: straight lines). A merged frame within
+  ``1e-9`` s of a source frame takes that frame's values exactly; a frame between two source
+  frames of which one is missing (NaN) is missing. Resample what is already gap-filled and
+  filtered (``simspine-jax filter``): gaps are not bridged here.
 * **Markers in both files** (``on_duplicate``): ``"prefer_known"`` (default: the known marker
   is kept, the pseudo one dropped), ``"prefer_pseudo"`` (the reverse), ``"rename"`` (both kept,
   the pseudo one renamed ``<name><rename_suffix>``, an error if that name is taken), ``"error"``.
@@ -59,6 +60,7 @@ __all__ = [
 DEFAULT_KNOWN_WEIGHT = 1.0  # IK weight of a known (measured) marker
 DEFAULT_PSEUDO_WEIGHT = 0.5  # IK weight of a triangulated pseudo-marker: trusted less
 DUPLICATE_RULES = ("prefer_known", "prefer_pseudo", "rename", "error")
+RESAMPLE_METHODS = ("cubic", "linear")
 TIME_TOL_S = 1e-9  # a merged frame this close to a source frame takes its values exactly
 
 
@@ -78,37 +80,79 @@ class MergedMarkers:
     renamed: dict[str, str]
 
 
-def resample_markers(time, positions, new_time) -> np.ndarray:
-    """Linear interpolation in time of ``positions`` (T, ...) sampled at ``time`` (T,),
-    increasing, at ``new_time`` (N,). Exact at a source frame (within :data:`TIME_TOL_S`),
-    NaN where a bracketing frame is NaN and outside ``[time[0], time[-1]]`` (beyond the
-    tolerance). Shape: (N, ...)."""
+def resample_markers(time, positions, new_time, *, method: str = "cubic") -> np.ndarray:
+    """``positions`` (T, ...) sampled at ``time`` (T,), increasing, interpolated in time at
+    ``new_time`` (N,). Shape: (N, ...).
+
+    Each entry of ``positions[0]`` is a channel; its runs of valid (non-NaN) frames are
+    interpolated separately: ``method="cubic"`` by the not-a-knot cubic spline through the
+    run's frames (``scipy.interpolate.make_interp_spline``, ``k=3``; a run of fewer than 4
+    frames linearly), ``"linear"`` by straight lines between neighbouring frames. A new time
+    within :data:`TIME_TOL_S` of a source frame takes that frame's values exactly; one between
+    two frames of which one is NaN, or outside ``[time[0], time[-1]]`` (beyond the tolerance),
+    is NaN. Cubic interpolation reproduces cubic polynomials in time exactly; on smooth motion
+    its error is O(dt^4) where linear's is O(dt^2) (``tests/test_merging.py`` measures both).
+    """
+    if method not in RESAMPLE_METHODS:
+        raise InputError(
+            f"method must be one of {RESAMPLE_METHODS}, got {method!r}", field="resample"
+        )
     t = np.asarray(time, np.float64)
     p = np.asarray(positions, np.float64)
     tn = np.asarray(new_time, np.float64)
-    if t.ndim != 1 or p.shape[:1] != t.shape or tn.ndim != 1:
+    if t.ndim != 1 or t.size == 0 or p.shape[:1] != t.shape or tn.ndim != 1:
         raise InputError(
             f"time (T,) and positions (T, ...) expected, got {t.shape} and {p.shape}", field="time"
         )
     if t.size > 1 and not np.all(np.diff(t) > 0):
         raise InputError("time must increase", frame=int(np.flatnonzero(np.diff(t) <= 0)[0]) + 1)
+    T = t.size
+    v = p.reshape(T, -1)  # (T, C)
     # i: the source frame at or before each new time; w: the fraction towards frame i + 1
-    i = np.clip(np.searchsorted(t, tn, side="right") - 1, 0, t.size - 1)
-    j = np.minimum(i + 1, t.size - 1)
+    i = np.clip(np.searchsorted(t, tn, side="right") - 1, 0, T - 1)
+    j = np.minimum(i + 1, T - 1)
     span = np.where(j > i, t[j] - t[i], 1.0)
     w = np.where(j > i, (tn - t[i]) / span, 0.0)
     exact_i = np.abs(tn - t[i]) <= TIME_TOL_S
     exact_j = np.abs(tn - t[j]) <= TIME_TOL_S
-    outside = (tn < t[0] - TIME_TOL_S) | (tn > t[-1] + TIME_TOL_S)
-    w = np.where(exact_i, 0.0, np.where(exact_j, 1.0, w))
-    shape = (-1,) + (1,) * (p.ndim - 1)
-    wb = w.reshape(shape)
-    a, b = p[i], p[j]
+    w = np.where(exact_i, 0.0, np.where(exact_j, 1.0, w))[:, None]
+    a, b = v[i], v[j]
     # (1 - w) a + w b, but a frame that is not needed (w = 0 or 1) cannot make it NaN
-    out = np.where(wb == 0.0, a, np.where(wb == 1.0, b, (1.0 - wb) * a + wb * b))
-    out[outside] = np.nan
-    assert out.shape == (tn.size,) + p.shape[1:]
-    return out
+    out = np.where(w == 0.0, a, np.where(w == 1.0, b, (1.0 - w) * a + w * b))
+    if method == "cubic":
+        _cubic_resample(t, v, tn, out)
+        exact = (w[:, 0] == 0.0) | (w[:, 0] == 1.0)
+        out[exact] = np.where(w[exact] == 0.0, a[exact], b[exact])
+    out[(tn < t[0] - TIME_TOL_S) | (tn > t[-1] + TIME_TOL_S)] = np.nan
+    assert out.shape == (tn.size, v.shape[1])
+    return out.reshape((tn.size,) + p.shape[1:])
+
+
+def _cubic_resample(t: np.ndarray, v: np.ndarray, tn: np.ndarray, out: np.ndarray) -> None:
+    """Overwrite ``out`` (N, C) with the not-a-knot spline of each run of >= 4 valid frames of
+    ``v`` (T, C), at the new times inside the run's span; channels with the same run are
+    fitted together."""
+    from scipy.interpolate import make_interp_spline
+
+    from .filtering import _runs
+
+    T = t.size
+    ch, start, stop = _runs(~np.isnan(v))
+    long = stop - start >= 4
+    order = np.argsort(tn, kind="stable")
+    tn_sorted = tn[order]
+    key = start[long] * (T + 1) + stop[long]
+    uniq, inverse = np.unique(key, return_inverse=True)
+    for u, k in enumerate(uniq.tolist()):
+        s, e = divmod(k, T + 1)
+        lo = np.searchsorted(tn_sorted, t[s] - TIME_TOL_S, side="left")
+        hi = np.searchsorted(tn_sorted, t[e - 1] + TIME_TOL_S, side="right")
+        if hi <= lo:
+            continue
+        cs = ch[long][inverse == u]
+        rows = order[lo:hi]
+        spline = make_interp_spline(t[s:e], v[s:e][:, cs], k=3)
+        out[np.ix_(rows, cs)] = spline(np.clip(tn[rows], t[s], t[e - 1]))
 
 
 def _merged_time(tk, tp, rate_hz, time_base, known_path, pseudo_path) -> np.ndarray:
@@ -146,6 +190,7 @@ def merge_markers(
     rename_suffix: str = "_pseudo",
     known_up: str | None = None,
     pseudo_up: str | None = None,
+    resample: str = "cubic",
 ) -> MergedMarkers:
     """Known markers and pseudo-markers (two :class:`~simspine_jax.io.TRCData`, or objects with
     ``marker_names``, ``time``, ``positions`` in metres) on one time base; rules in the module
@@ -204,7 +249,11 @@ def merge_markers(
     kidx = [k_names.index(n) for n in k_keep]
     pidx = [p_names.index(n) for n in p_keep]
     pos = np.concatenate(
-        [resample_markers(tk, pk[:, kidx], time), resample_markers(tp, pp[:, pidx], time)], axis=1
+        [
+            resample_markers(tk, pk[:, kidx], time, method=resample),
+            resample_markers(tp, pp[:, pidx], time, method=resample),
+        ],
+        axis=1,
     )
     assert pos.shape == (time.size, len(kidx) + len(pidx), 3)
     return MergedMarkers(
@@ -330,8 +379,8 @@ def merge_trc_files(
     **merge_options,
 ) -> dict:
     """Read two TRC files, :func:`merge_markers` them (``merge_options``: rate_hz, time_base,
-    pseudo_offset_s, on_duplicate, rename_suffix, known_up, pseudo_up), write the merged TRC
-    and, with ``setup_out``, its IK setup (:func:`ik_setup_xml`: weights from
+    pseudo_offset_s, on_duplicate, rename_suffix, known_up, pseudo_up, resample), write the
+    merged TRC and, with ``setup_out``, its IK setup (:func:`ik_setup_xml`: weights from
     :func:`marker_weights`, ``time_range`` the merged trial's, ``marker_file`` the merged TRC).
     Returns a JSON-ready summary.
 

@@ -25,7 +25,12 @@ def _weight_pair(text: str) -> tuple[str, float]:
 
 def register(sub) -> None:
     from ..filtering import GAP_METHODS, UP_AXES
-    from ..merging import DEFAULT_KNOWN_WEIGHT, DEFAULT_PSEUDO_WEIGHT, DUPLICATE_RULES
+    from ..merging import (
+        DEFAULT_KNOWN_WEIGHT,
+        DEFAULT_PSEUDO_WEIGHT,
+        DUPLICATE_RULES,
+        RESAMPLE_METHODS,
+    )
 
     m = sub.add_parser(
         "merge",
@@ -60,6 +65,12 @@ def register(sub) -> None:
     )
     m.add_argument(
         "--rate", type=float, help="resample onto this rate (Hz) from the overlap's start"
+    )
+    m.add_argument(
+        "--resample",
+        choices=RESAMPLE_METHODS,
+        default="cubic",
+        help="interpolation in time, per gap-free stretch of each marker (default cubic)",
     )
     m.add_argument(
         "--time-base",
@@ -146,6 +157,7 @@ def _run_merge(args) -> int:
         rename_suffix=args.rename_suffix,
         known_up=args.known_up,
         pseudo_up=args.pseudo_up,
+        resample=args.resample,
     )
     print(json.dumps(summary))
     return 0
