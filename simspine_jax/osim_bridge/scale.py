@@ -147,3 +147,39 @@ def scale_model(
     if not out_path.is_file():
         raise ModelError(f"OpenSim ScaleTool did not write {out_path}", path=osim_path)
     return out_path
+
+
+def run_scale_jobs(jobs: list[dict], *, cwd: str | Path | None = None, timeout_s: float = 300.0):
+    """Run OpenSim scaling jobs in a child process (this process never imports ``opensim``).
+
+    ``jobs``: dicts as :mod:`simspine_jax.osim_bridge._scale_worker` describes (``manual``
+    scaling with factors, a ``setup`` run of OpenSim's ScaleTool, ``evaluate`` a model's body
+    origins and markers at its default pose); paths should be absolute. Returns the list of
+    per-job results. Raises ``RuntimeError`` with the end of the child's output if it fails.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory(prefix="simspine_scale_jobs_") as tmp:
+        job_path, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_path.write_text(json.dumps(dict(jobs=jobs, result=str(result))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+        p = subprocess.run(
+            [sys.executable, "-m", "simspine_jax.osim_bridge._scale_worker", str(job_path)],
+            cwd=str(cwd) if cwd is not None else tmp,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if p.returncode != 0 or not result.is_file():
+            raise RuntimeError(
+                f"OpenSim scaling child failed (exit code {p.returncode}):\n"
+                f"{p.stderr[-3000:]}\n{p.stdout[-1000:]}"
+            )
+        return json.loads(result.read_text())["results"]

@@ -1,0 +1,210 @@
+"""Subject scaling against OpenSim's ScaleTool, and the parts it is made of.
+
+The static trial is synthetic: OpenSim scales the default SimSpine model with known per-segment
+factors, our FK puts its markers at the default pose, 1 mm noise is added to 12 frames, and a
+TRC is written. Pose2Sim's Halpe26 scaling setup (its measurements, marker pairs and bodies)
+then scales the generic model twice, by OpenSim's ScaleTool (child process) and by
+:func:`simspine_jax.scaling.scale_subject`; OpenSim evaluates both written models.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import simspine_jax as ssj
+from simspine_jax import scaling as sc
+from simspine_jax.errors import InputError
+from simspine_jax.export import read_osim
+from simspine_jax.io import write_trc
+from simspine_jax.io.scale_setup import read_scale_setup
+from simspine_jax.model import tree_from_export
+
+pytest.importorskip("opensim")
+from simspine_jax.osim_bridge.scale import run_scale_jobs  # noqa: E402
+
+SEED = 3
+
+
+def _setup_for(template, osim, markers, trc, out, scale_file, time_range=" 0.02 0.15"):
+    """A copy of a Pose2Sim scaling setup pointed at our files (the trial and outputs in the
+    setup's folder)."""
+    doc = ET.parse(template)
+    tool = doc.getroot().find("ScaleTool")
+    tool.find("GenericModelMaker/model_file").text = str(osim)
+    tool.find("GenericModelMaker/marker_set_file").text = str(markers)
+    ms = tool.find("ModelScaler")
+    # OpenSim's ModelScaler prefixes these with the setup's folder: names relative to it
+    ms.find("marker_file").text = trc.name
+    ms.find("time_range").text = time_range
+    ms.find("output_model_file").text = out.name
+    ms.find("output_scale_file").text = scale_file.name
+    tool.find("MarkerPlacer/apply").text = "false"
+    return doc
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory, setup_dir):
+    tmp = tmp_path_factory.mktemp("scaling")
+    osim, mk = ssj.default_osim_path(), ssj.default_markers_path()
+    template = setup_dir / "Scaling_Setup_Pose2Sim_Halpe26.xml"
+    su = read_scale_setup(template)
+    rng = np.random.default_rng(SEED)
+    truth = {}
+    for m in su.measurements:
+        f = float(rng.uniform(0.88, 1.15))
+        truth.update({b: [f, f, f] for b in m.bodies})
+    truth_osim = tmp / "truth.osim"
+    run_scale_jobs(
+        [dict(op="manual", osim=str(osim), out=str(truth_osim), factors=truth, markers=str(mk))]
+    )
+    t_truth = tree_from_export(read_osim(truth_osim))
+    base = ssj.marker_positions(
+        t_truth, jnp.asarray(t_truth.coord_default)[t_truth.topology.indep_coord]
+    )
+    T = 12
+    time = np.arange(T) / 60.0
+    pos = np.asarray(base)[None] + rng.normal(0, 1e-3, (T, t_truth.n_marker, 3))
+    trc = write_trc(tmp / "static.trc", t_truth.marker_names, time, pos, units="mm")
+    os_out, ours_out = tmp / "opensim_scaled.osim", tmp / "ours_scaled.osim"
+    setup = tmp / "setup.xml"
+    scale_file = tmp / "opensim_scale_set.xml"
+    _setup_for(template, osim, mk, trc, os_out, scale_file).write(setup)
+    res = sc.scale_subject(osim, trc, setup, ours_out, markers=mk)
+    ev = run_scale_jobs(
+        [
+            dict(op="setup", setup=str(setup), expect=str(os_out)),
+            dict(op="evaluate", osim=str(os_out)),
+            dict(op="evaluate", osim=str(ours_out)),
+        ]
+    )
+    return dict(
+        tmp=tmp, su=su, truth=truth, t_truth=t_truth, trc=trc, res=res, os_out=os_out,
+        ours_out=ours_out, scale_file=scale_file, os_eval=ev[1], ours_eval=ev[2], setup=setup,
+    )  # fmt: skip
+
+
+def test_factors_equal_opensim(case):
+    os_f = {}
+    for s in ET.parse(case["scale_file"]).getroot().iter("Scale"):
+        os_f[s.findtext("segment").strip()] = np.array(s.findtext("scales").split(), float)
+    ours = case["res"].factors.as_dict()
+    assert set(os_f) >= set(ours) - {"ground"}
+    for b, f in ours.items():
+        if b != "ground":
+            np.testing.assert_allclose(
+                f, os_f[b], rtol=5e-6, atol=0, err_msg=b
+            )  # OpenSim writes 6 digits
+    # the measurements moved the factors away from 1, toward the truth
+    f = case["res"].factors.as_dict()
+    assert abs(f["femur_r"][0] - case["truth"]["femur_r"][0]) < 0.03
+    assert abs(f["femur_r"][0] - 1.0) > 0.0 or case["truth"]["femur_r"][0] == 1.0
+
+
+def test_scaled_models_agree_at_default_pose(case):
+    """OpenSim's FK of both written models: body origins and markers within 2 mm (measured:
+    ~1e-12 m); and our tree of the scaled model agrees with OpenSim's FK of it."""
+    a, b = case["os_eval"], case["ours_eval"]
+    assert set(a["bodies"]) == set(b["bodies"]) and set(a["markers"]) == set(b["markers"])
+    d_body = max(np.abs(np.subtract(a["bodies"][k], b["bodies"][k])).max() for k in a["bodies"])
+    d_mk = max(np.abs(np.subtract(a["markers"][k], b["markers"][k])).max() for k in a["markers"])
+    assert d_body < 2e-3 and d_mk < 2e-3
+    assert d_body < 1e-9 and d_mk < 1e-9  # the same arithmetic, in fact
+    tree = case["res"].tree
+    fk = ssj.forward_kinematics(tree, jnp.asarray(tree.coord_default)[tree.topology.indep_coord])
+    for i, n in enumerate(tree.marker_names):
+        np.testing.assert_allclose(np.asarray(fk.markers[i]), a["markers"][n], atol=1e-9)
+    for i, n in enumerate(tree.body_names[1:], start=1):
+        np.testing.assert_allclose(np.asarray(fk.p_world[i]), a["bodies"][n], atol=1e-9)
+    # the written .npz is the scaled tree
+    back = ssj.load_tree(case["res"].npz)
+    np.testing.assert_array_equal(np.asarray(back.marker_offset), np.asarray(tree.marker_offset))
+
+
+def test_ik_on_both_scaled_models_agrees(case):
+    """IK of the same 3 frames (truth model, random poses) on our scaled tree and on the tree
+    of OpenSim's scaled model (same structure, OpenSim's geometry)."""
+    from simspine_jax.ik import solve_ik
+
+    ours = case["res"].tree
+    theirs = tree_from_export(read_osim(case["os_out"]))
+    theirs = sc._replace(ours, **{k: getattr(theirs, k) for k in ("joint_p_pf", "joint_p_cm",
+        "func_y", "func_b", "func_c", "func_d", "marker_offset")})  # fmt: skip
+    t_truth = case["t_truth"]
+    rng = np.random.default_rng(SEED + 1)
+    q0 = np.asarray(t_truth.coord_default)[t_truth.topology.indep_coord]
+    q = q0 + rng.normal(0, 0.15, (3, t_truth.n_indep))
+    rngs = np.asarray(t_truth.coord_range)[t_truth.topology.indep_coord]
+    q = np.clip(q, rngs[:, 0] + 0.05, rngs[:, 1] - 0.05)
+    z = np.asarray(ssj.marker_positions(t_truth, jnp.asarray(q)))
+    assert ours.marker_names == t_truth.marker_names
+    ra, rb = solve_ik(ours, z), solve_ik(theirs, z)
+    assert np.abs(ra.q - rb.q).max() < 1e-4
+    assert np.abs(ra.rms_error - rb.rms_error).max() < 1e-6
+
+
+def test_scale_tree_matches_written_osim():
+    """Random non-uniform factors on every body: FK of scale_tree equals FK of the exported
+    .osim that write_scaled_osim wrote (joint frames, CustomJoint translation functions,
+    markers), and OpenSim's own already-scaled functions (MultiplierFunction) multiply."""
+    osim, mk = ssj.default_osim_path(), ssj.default_markers_path()
+    tree = tree_from_export(read_osim(osim, markers=mk))
+    rng = np.random.default_rng(SEED)
+    f = {b: rng.uniform(0.85, 1.2, 3) for b in tree.body_names[1:]}
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        out = sc.write_scaled_osim(osim, Path(d) / "s.osim", f, markers=mk)
+        written = tree_from_export(read_osim(out))
+    scaled = sc.scale_tree(tree, f)
+    q = rng.normal(0, 0.3, (4, tree.n_indep))
+    a, b = ssj.forward_kinematics(scaled, q), ssj.forward_kinematics(written, q)
+    np.testing.assert_allclose(np.asarray(a.markers), np.asarray(b.markers), atol=1e-13)
+    np.testing.assert_allclose(np.asarray(a.p_world), np.asarray(b.p_world), atol=1e-13)
+    # and scaling moved things: the unscaled tree differs
+    c = ssj.forward_kinematics(tree, q)
+    assert np.abs(np.asarray(c.markers) - np.asarray(a.markers)).max() > 1e-2
+
+
+def test_frame_range_is_opensims():
+    t = np.arange(10) * 0.1
+    assert sc.frame_range(t, 0.25, 0.55) == slice(2, 7)  # last <= start, first >= end
+    assert sc.frame_range(t, 0.2, 0.5) == slice(2, 6)
+    assert sc.frame_range(t, -1, 5) == slice(0, 10)
+    with pytest.raises(InputError):
+        sc.frame_range(t, 0.5, 0.2)
+
+
+def test_measurement_factor_mean_of_ratios():
+    from simspine_jax.io.scale_setup import Measurement
+
+    m = Measurement("m", True, (("a", "b"), ("a", "c")), {"x": (0, 1, 2)})
+    model = {"a": np.zeros(3), "b": np.array([1.0, 0, 0]), "c": np.array([0, 2.0, 0])}
+    # frame distances a-b: 1.1, 1.3 (mean 1.2); a-c: 2.2 both -> (1.2/1 + 2.2/2) / 2 = 1.15
+    pos = np.zeros((2, 3, 3))
+    pos[:, 1, 0] = [1.1, 1.3]
+    pos[:, 2, 1] = 2.2
+    r = sc.measurement_factor(m, model, ["a", "b", "c"], pos)
+    assert r.factor == pytest.approx(1.15, abs=1e-15)
+    pos[1, 2, 1] = np.nan  # a NaN sample voids the measurement, as in OpenSim
+    assert math.isnan(sc.measurement_factor(m, model, ["a", "b", "c"], pos).factor)
+    assert math.isnan(sc.measurement_factor(m, model, ["a", "b"], pos[:, :2]).factor)
+
+
+def test_bad_setup_names_the_field(tmp_path, setup_dir):
+    src = (setup_dir / "Scaling_Setup_Pose2Sim_Halpe26.xml").read_text()
+    p = tmp_path / "bad.xml"
+    p.write_text(src.replace("measurements manualScale", "measurements byHand"))
+    with pytest.raises(InputError, match="scaling_order"):
+        read_scale_setup(p)
+    p.write_text(src.replace("<axes> X Y Z</axes>", "<axes> X Q</axes>", 1))
+    with pytest.raises(InputError, match="axis 'Q'"):
+        read_scale_setup(p)
+    p.write_text(src[:2000])
+    with pytest.raises(InputError, match="malformed XML"):
+        read_scale_setup(p)
