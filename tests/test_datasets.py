@@ -186,3 +186,188 @@ def test_batcher_epochs_and_resume():
         Batcher(d, 4, seed=2).restore(state)
     with pytest.raises(InputError, match="batch"):
         Batcher(d, 11)
+
+
+# ----------------------------------------------------------------------------- loaders
+# The synthetic fixture provides consistent truth: S9 Walking seen by camera 0, as OpenSim-frame
+# markers X_osim, camera-frame keypoints and coordinates; each test writes it in a format.
+P_TRC_TO_WORLD = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+# the release's 37-marker order (src/simspine/serialize_dataset.py MARKER_NAMES)
+RELEASE_ORDER = (
+    "Hip Spine_01 Spine_02 Spine_03 Spine_04 Spine_05 Neck Neck_02 Neck_03 Head Nose REye LEye "
+    "REar LEar RLatissimus LLatissimus RClavicle RShoulder RElbow RWrist LClavicle LShoulder "
+    "LElbow LWrist RHip RKnee RAnkle RBigToe RSmallToe RHeel LHip LKnee LAnkle LBigToe "
+    "LSmallToe LHeel"
+).split()
+
+
+@pytest.fixture(scope="module")
+def truth(synth, tree):
+    m = (synth.subject == "S9") & (synth.action == "Walking") & (synth.camera == 0)
+    R, t = synth.camera_R[m][0].astype(float), synth.camera_t[m][0].astype(float)
+    X_cam = synth.keypoints_3d[m].astype(float)
+    X_osim = (X_cam - t) @ R  # R orthonormal: R^T (X - t), row-wise
+    K = np.array([[1100.0, 0.0, 500.0], [0.0, 1100.0, 500.0], [0.0, 0.0, 1.0]])
+    uv = (X_cam[..., :2] / X_cam[..., 2:]) * 1100.0 + 500.0  # pinhole, no distortion
+    q = synth.coordinates[m].astype(float)
+    return dict(R=R, t=t, X_cam=X_cam, X_osim=X_osim, K=K, uv=uv, q=q, n=len(X_cam),
+                R_cal=R @ P_TRC_TO_WORLD.T)  # fmt: skip
+
+
+def _mot_columns(tree, q):
+    """Independent coordinates as .mot columns: degrees for rotations, metres otherwise."""
+    motion = {c["name"]: c["motion_type"] for c in tree.meta["coordinates"]}
+    names = list(tree.independent_names)
+    vals = q.copy()
+    rot = [i for i, n in enumerate(names) if motion[n] == "rotational"]
+    vals[:, rot] = np.rad2deg(vals[:, rot])
+    return names, vals
+
+
+def _check_truth(d, truth, atol=1e-5):
+    assert len(d) == truth["n"]
+    np.testing.assert_allclose(d.keypoints_3d, truth["X_cam"], atol=atol)
+    np.testing.assert_allclose(d.camera_R, np.broadcast_to(truth["R"], d.camera_R.shape), atol=1e-6)
+    np.testing.assert_allclose(d.keypoints_2d, truth["uv"], atol=1e-3)
+    np.testing.assert_allclose(d.coordinates, truth["q"], atol=1e-5)
+    assert set(d.subject) == {"S9"} and set(d.action) == {"Walking"}
+
+
+def test_simspine_h5(tmp_path, truth, tree):
+    h5py = pytest.importorskip("h5py")
+    order = [SIMSPINE37.index(n) for n in RELEASE_ORDER]
+    names, kin = _mot_columns(tree, truth["q"])
+    axes = ["pelvis_foo", *names]  # an extra .mot column is ignored
+    path = tmp_path / "simspine.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("metadata/markers_names", data=np.array(RELEASE_ORDER, dtype="S"))
+        f.create_dataset("metadata/kinematic_axes", data=np.array(axes, dtype="S"))
+        cal = f.create_group("S9/calibration")
+        cal["names"] = np.array(["cam01"], dtype="S")
+        cal["K"], cal["dist"] = truth["K"][None], np.zeros((1, 4))
+        cal["R"], cal["t"] = truth["R_cal"][None], truth["t"][None]
+        cal["size"] = np.array([[1000, 1000]], np.int32)
+        seq = f.create_group("S9/Walking_1")
+        # the file's frames at 50 Hz: our 2 Hz truth repeated 25 times (sampling picks it)
+        seq["markers"] = np.repeat(truth["X_osim"][:, order], 25, axis=0)
+        seq["kinematics"] = np.repeat(np.concatenate([np.zeros((truth["n"], 1)), kin], 1), 25, 0)
+        seq["timestamps"] = np.arange(truth["n"] * 25) / 50.0
+    d = load_dataset("simspine", tmp_path, "test", subjects=["S9"], sample_hz=2.0)
+    _check_truth(d, truth)
+    assert np.array_equal(d.frame, np.arange(truth["n"]) * 25)
+    assert set(d.sequence) == {"Walking_1"}
+    with pytest.raises(InputError, match="S11"):
+        load_dataset("simspine", path, "test")  # S11 is not in the file
+    with h5py.File(path, "a") as f:
+        del f["S9/Walking_1/markers"]
+        f["S9/Walking_1/markers"] = np.zeros((10, 36, 3))
+    with pytest.raises(InputError, match=r"S9/Walking_1/markers"):
+        load_dataset("simspine", path, "test", subjects=["S9"])
+
+
+def test_simspine_trc_folders(tmp_path, truth, tree):
+    from simspine_jax.io import write_storage, write_trc
+    from simspine_jax.io.calibration import Camera, write_calibration
+
+    cam = Camera("cam01", (1000.0, 1000.0), truth["K"], np.zeros(5), truth["R_cal"], truth["t"])
+    (tmp_path / "cameras").mkdir()
+    write_calibration(tmp_path / "cameras" / "Calib_S9.toml", [cam])
+    time = np.arange(truth["n"]) / 2.0
+    X = truth["X_osim"].copy()
+    X[1, SIMSPINE37.index("Spine_03")] = np.nan  # a gap: confidence 0 in that frame only
+    (tmp_path / "positions" / "S9").mkdir(parents=True)
+    write_trc(tmp_path / "positions/S9/S9_Walking.trc", SIMSPINE37, time, X, units="mm",
+              data_rate=2.0)  # fmt: skip
+    names, kin = _mot_columns(tree, truth["q"])
+    mot_dir = tmp_path / "kinematics/S9/S9_Walking"
+    mot_dir.mkdir(parents=True)
+    write_storage(mot_dir / "S9_Walking.mot", names, time, kin, in_degrees=True)
+    d = load_dataset("simspine_trc", tmp_path, "test", subjects=["S9"], sample_hz=None)
+    assert d.confidence[1, SIMSPINE37.index("Spine_03")] == 0
+    assert d.valid_3d[1].sum() == 36 and d.confidence.sum() == d.confidence.size - 1
+    keep = np.ones(truth["n"], bool)
+    keep[1] = False
+    sub = d.subset(keep)
+    _check_truth(sub, {**truth, "n": truth["n"] - 1, "X_cam": truth["X_cam"][keep],
+                       "uv": truth["uv"][keep], "q": truth["q"][keep]}, atol=2e-5)  # fmt: skip
+    with pytest.raises(InputError, match="Calib_S11"):
+        load_dataset("simspine_trc", tmp_path, "test")
+
+
+def test_simspine_annotations_npz(tmp_path, truth, tree):
+    """The release's MMPose-style file: 15 spine keypoints, camera 3D as R (X - t)."""
+    from simspine_jax.keypoints import SPINE15
+
+    release15 = ("Hip Spine_01 Spine_02 Spine_03 Spine_04 Spine_05 Neck Neck_02 Neck_03 Head "
+                 "Nose LClavicle RClavicle LLatissimus RLatissimus").split()  # fmt: skip
+    assert set(release15) == set(SPINE15)
+    cols = [SIMSPINE37.index(n) for n in release15]
+    world = truth["X_osim"][:, cols] @ P_TRC_TO_WORLD.T  # Pose2Sim world, z up
+    S = (world - truth["t"]) @ truth["R_cal"].T  # the release's R (X - t)
+    part = np.concatenate([truth["uv"][:, cols], np.ones((truth["n"], 15, 1))], -1)
+    part[2, 4, 2] = 0.0  # one invisible keypoint
+    ones = np.ones((truth["n"], 15, 1))
+    names, kin = _mot_columns(tree, truth["q"])
+    frames = np.arange(truth["n"]) * 25
+    np.savez(
+        tmp_path / "simspine_test.npz",
+        metadata={"joint_names": np.array(release15), "param_names": np.array(names)},
+        imgname=np.array(
+            [f"S9/S9_Walking 1.55011271/S9_Walking 1.55011271_{i:06d}.jpg" for i in frames]
+        ),  # fmt: skip
+        center=np.zeros((truth["n"], 2)),
+        scale=np.ones(truth["n"]),
+        part=part,
+        S=np.concatenate([S, ones], -1),
+        S_world=np.concatenate([world, ones], -1),
+        angles=kin,
+    )
+    d = load_dataset("simspine", tmp_path, "test", subjects=["S9"], sample_hz=None)
+    assert len(d) == truth["n"] and set(d.camera) == {1} and set(d.action) == {"Walking"}
+    assert np.array_equal(d.frame, frames) and d.valid_3d.sum(1).tolist() == [15] * truth["n"]
+    np.testing.assert_allclose(d.keypoints_3d[:, cols], S, atol=1e-5)
+    np.testing.assert_allclose(d.keypoints_2d[:, cols][part[..., 2] > 0], truth["uv"][:, cols][
+        part[..., 2] > 0], atol=1e-3)  # fmt: skip
+    assert d.confidence[2, cols[4]] == 0 and d.confidence.sum() == 15 * truth["n"] - 1
+    # the camera transform is recovered exactly: S = R @ X_osim + t
+    X = np.einsum("nij,nkj->nki", d.camera_R, truth["X_osim"][:, cols]) + d.camera_t[:, None]
+    np.testing.assert_allclose(X, S, atol=1e-5)
+    np.testing.assert_allclose(d.coordinates, truth["q"], atol=1e-5)
+    assert len(load_dataset("simspine", tmp_path, "test", subjects=["S9"], sample_hz=1.0)) == 4
+
+
+def test_h36m_npz(tmp_path):
+    from simspine_jax.datasets.h36m import H36M32_TO_17, H36M_TO_SIMSPINE
+
+    rng = np.random.default_rng(0)
+    T = 30
+    X = rng.normal(0.0, 0.3, (T, 32, 3)) + np.array([0.2, -0.1, 1.0])  # metres, z up
+    uv32 = rng.uniform(0, 1000, (4, T + 2, 32, 2))  # the 2D is 2 frames longer: cut to 3D's
+    np.savez(tmp_path / "data_3d_h36m.npz", positions_3d={"S11": {"Directions 1": X}})
+    gt = {"S11": {"Directions 1": [uv32[k][:, list(H36M32_TO_17)] for k in range(4)]}}
+    np.savez(tmp_path / "data_2d_h36m_gt.npz", positions_2d=gt,
+             metadata={"layout_name": "h36m", "num_joints": 17})  # fmt: skip
+    d = load_dataset("h36m", tmp_path, "test", subjects=["S11"], sample_hz=25.0)
+    assert len(d) == 4 * 15 and set(d.action) == {"Directions"}
+    assert set(d.sequence) == {"Directions 1"}
+    assert d.confidence.sum(1).tolist() == [15.0] * 60 and np.array_equal(d.valid_3d, d.confidence)
+    # RElbow is Human3.6M joint 26 (of 32); camera 2's frame 4 is row 2 of its block
+    k = SIMSPINE37.index("RElbow")
+    cam = h36m_camera("S11", 2)
+    row = np.nonzero((d.camera == 2) & (d.frame == 4))[0][0]
+    np.testing.assert_allclose(d.keypoints_2d[row, k], uv32[2, 4, 26], atol=1e-3)
+    np.testing.assert_allclose(d.keypoints_3d[row, k], cam.R @ X[4, 26] + cam.t, atol=1e-5)
+    assert d.keypoints_3d[row, SIMSPINE37.index("Spine_02")].tolist() == [0, 0, 0]
+    assert set(H36M_TO_SIMSPINE.values()) <= set(SIMSPINE37)
+    with pytest.raises(InputError, match="S9"):
+        load_dataset("h36m", tmp_path, "test")
+    with pytest.raises(InputError, match="data_2d_h36m_cpn"):
+        load_dataset("h36m", tmp_path, "test", subjects=["S11"], keypoints="cpn")
+    with pytest.raises(InputError, match="subject"):
+        load_dataset("h36m", tmp_path, "test", subjects=["S2"])
+    np.savez(tmp_path / "data_3d_h36m.npz", positions_3d={"S11": {"Directions 1": X[:, :17]}})
+    with pytest.raises(InputError, match="32, 3"):
+        load_dataset("h36m", tmp_path, "test", subjects=["S11"])
+    np.savez(tmp_path / "data_3d_h36m.npz", poses={"S11": {}})
+    with pytest.raises(InputError, match="positions_3d"):
+        load_dataset("h36m", tmp_path, "test", subjects=["S11"])
