@@ -371,3 +371,9 @@ def test_h36m_npz(tmp_path):
     np.savez(tmp_path / "data_3d_h36m.npz", poses={"S11": {}})
     with pytest.raises(InputError, match="positions_3d"):
         load_dataset("h36m", tmp_path, "test", subjects=["S11"])
+
+
+def test_lifting_data_leaves_callers_arrays_writeable():
+    kp = np.zeros((2, 37, 2), np.float32)
+    d = LiftingData(**{**_tiny(2).__dict__, "keypoints_2d": kp})
+    assert kp.flags.writeable and not d.keypoints_2d.flags.writeable

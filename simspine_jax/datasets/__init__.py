@@ -46,7 +46,7 @@ def load_dataset(
     """Load ``split`` ("train": S1, S5, S6, S7, S8; "test": S9, S11) of a lifting dataset.
 
     ``sample_hz``: frames per second kept. None means the source's default: for the real
-    datasets the paper's protocol (1 Hz for "train", every frame for "test"), for
+    datasets 1 Hz for "train" (as the paper trains) and every frame for "test", for
     ``"synthetic"`` 2 Hz. ``subjects`` overrides the split's subjects. Other keywords go to
     the source's loader (:func:`.synthetic.generate`, :func:`.simspine.load_simspine`,
     :func:`.simspine.load_simspine_trc`, :func:`.h36m.load_h36m`).

@@ -93,6 +93,7 @@ class LiftingData:
                 )
             if dtype is str:
                 arr = arr.astype(str)
+            arr = arr.view()  # read-only view: the caller's array keeps its flags
             arr.setflags(write=False)
             object.__setattr__(self, f.name, arr)
 
