@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import ModelError
+from .export import MOTION_TYPE_NAMES
 
 FORMAT_NAME = "simspine-jax-kinematic-tree"
 FORMAT_VERSION = 1
@@ -295,29 +299,349 @@ def save_tree(tree_or_export, path: str | Path) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- loading
+# Bounds checked on the zip directory before any entry is read. The bundled 30-body SimSpine
+# tree takes 25 KB of JSON and 50 KB of arrays; 64 MiB per entry and 256 MiB in all leave room
+# for models a thousand times larger and still refuse a 2 GB entry without touching it.
+_MAX_ENTRY_BYTES = 64 * 2**20
+_MAX_TOTAL_BYTES = 256 * 2**20
+_MAX_HEADER_BYTES = 10_000  # an .npy header is ~128 bytes; numpy's own safety limit
+
+_INT_ARRAYS = (
+    "body_parent",
+    "body_depth",
+    "axis_func",
+    "func_input",
+    "func_nknot",
+    "dep_coord",
+    "dep_func",
+    "indep_coord",
+    "coord_motion",
+    "marker_body",
+)
+_BOOL_ARRAYS = ("func_poly", "coord_clamped", "coord_locked")
+
+
 def load_tree(path: str | Path, dtype=None) -> KinematicTree:
-    """Load a kinematic tree written by :func:`save_tree` (no OpenSim needed)."""
+    """Load a kinematic tree written by :func:`save_tree` (no OpenSim needed).
+
+    The file is checked before use, and anything unexpected raises
+    :class:`~simspine_jax.errors.ModelError` naming the file and entry: a valid zip whose
+    entries are exactly ``meta_json`` and the tree's arrays (unknown entries refused), sizes
+    bounded from the zip directory before reading, plain ``.npy`` arrays (never pickles) of
+    the right dtype and shape, a known format and version, and index arrays inside their
+    ranges (parents before children, functions, coordinates and bodies that exist).
+    """
     path = str(path)
+    entries = _read_entries(path)
+    meta = _read_meta(entries.pop("meta_json"), path)
+    _check_arrays(meta, entries, path)
+    return _build(meta, entries, dtype)
+
+
+def _read_entries(path: str) -> dict[str, np.ndarray]:
+    """Every entry of the ``.npz`` as an array, after checking the zip directory."""
+    expected = ("meta_json", *_STATIC_ARRAYS, *_LEAF_ARRAYS)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            files = dict(z.items())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read kinematic tree: {e}", path=path) from e
-    if "meta_json" not in files:
-        raise ModelError("not a simspine-jax kinematic tree (no meta_json entry)", path=path)
-    meta = json.loads(files.pop("meta_json").tobytes().decode())
-    if meta.get("format") != FORMAT_NAME:
-        raise ModelError(f"unknown format {meta.get('format')!r}", path=path)
-    if meta.get("version", 0) > FORMAT_VERSION:
+        zf = zipfile.ZipFile(path)
+    except OSError as e:
+        raise ModelError(f"cannot read kinematic tree: {e.strerror or e}", path=path) from None
+    except (zipfile.BadZipFile, ValueError, EOFError):
         raise ModelError(
-            f"file format version {meta['version']} is newer than this package "
+            "not a kinematic tree: the file is not a valid .npz (zip) archive (truncated or "
+            "another kind of file?)",
+            path=path,
+        ) from None
+    with zf:
+        infos = zf.infolist()
+        names = [info.filename for info in infos]
+        keys = [n[: -len(".npy")] if n.endswith(".npy") else n for n in names]
+        unknown = sorted({n for n, k in zip(names, keys, strict=True) if k not in expected})
+        if unknown:
+            shown = ", ".join(repr(n) for n in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            raise ModelError(
+                f"unknown entries {shown}: a kinematic tree holds only meta_json and its "
+                "arrays (refused rather than read)",
+                path=path,
+            )
+        if "meta_json" not in keys:
+            raise ModelError("not a simspine-jax kinematic tree (no meta_json entry)", path=path)
+        if len(set(keys)) != len(keys):
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            raise ModelError(f"entries stored twice: {twice}", path=path)
+        missing = [k for k in expected if k not in keys]
+        if missing:
+            raise ModelError(f"missing arrays {missing}", path=path)
+        for info, key in zip(infos, keys, strict=True):
+            if info.file_size > _MAX_ENTRY_BYTES:
+                raise ModelError(
+                    f"entry holds {info.file_size:,} bytes, more than the "
+                    f"{_MAX_ENTRY_BYTES:,} a kinematic tree's entry may (not read)",
+                    path=path,
+                    field=key,
+                )
+            if info.flag_bits & 0x1:
+                raise ModelError("entry is encrypted", path=path, field=key)
+        total = sum(info.file_size for info in infos)
+        if total > _MAX_TOTAL_BYTES:
+            raise ModelError(
+                f"entries hold {total:,} bytes, more than the {_MAX_TOTAL_BYTES:,} a kinematic "
+                "tree may (not read)",
+                path=path,
+            )
+        out = {}
+        for info, key in zip(infos, keys, strict=True):
+            try:
+                with zf.open(info) as fh:
+                    data = fh.read(_MAX_ENTRY_BYTES + 1)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+                raise ModelError(
+                    f"entry cannot be read (corrupt or truncated archive: {e})",
+                    path=path,
+                    field=key,
+                ) from None
+            except zlib.error as e:
+                raise ModelError(
+                    f"entry cannot be decompressed ({e})", path=path, field=key
+                ) from None
+            out[key] = _parse_npy(data, path, key)
+    return out
+
+
+def _parse_npy(data: bytes, path: str, key: str) -> np.ndarray:
+    """An ``.npy`` entry's array; its header is read and checked first (plain numeric dtype,
+    byte count matching the shape), so no pickle is ever loaded."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(buf, max_header_size=_MAX_HEADER_BYTES)
+        elif version in ((2, 0), (3, 0)):
+            header = np.lib.format.read_array_header_2_0(buf, max_header_size=_MAX_HEADER_BYTES)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, SyntaxError, TypeError, OverflowError) as e:
+        raise ModelError(f"entry is not a numpy array ({e})", path=path, field=key) from None
+    shape, fortran, dt = header
+    if dt.hasobject or dt.kind not in "biuf" or dt.shape != ():
+        raise ModelError(
+            f"entry has dtype {dt.str!r}; only plain numbers are allowed (no Python objects)",
+            path=path,
+            field=key,
+        )
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    start = buf.tell()
+    if count * dt.itemsize != len(data) - start:
+        raise ModelError(
+            f"entry holds {len(data) - start} bytes of data, its shape {shape} needs "
+            f"{count * dt.itemsize}",
+            path=path,
+            field=key,
+        )
+    arr = np.frombuffer(data, dtype=dt, count=count, offset=start)
+    arr = arr.reshape(shape, order="F" if fortran else "C")
+    return np.ascontiguousarray(arr, dtype=dt.newbyteorder("="))
+
+
+def _read_meta(raw: np.ndarray, path: str) -> dict:
+    """The ``meta_json`` entry, parsed and type-checked (the fields the package reads)."""
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ModelError(
+            f"entry must be UTF-8 JSON bytes (uint8, 1-D), got {raw.dtype} {raw.shape}",
+            path=path,
+            field="meta_json",
+        )
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelError(f"entry is not JSON ({e})", path=path, field="meta_json") from None
+    if not isinstance(meta, dict):
+        raise ModelError("entry must be a JSON object", path=path, field="meta_json")
+    if meta.get("format") != FORMAT_NAME:
+        raise ModelError(f"unknown format {meta.get('format')!r}", path=path, field="format")
+    version = meta.get("version")
+    if type(version) is not int or version < 1:
+        raise ModelError(
+            f"version must be a positive integer, got {version!r}", path=path, field="version"
+        )
+    if version > FORMAT_VERSION:
+        raise ModelError(
+            f"file format version {version} is newer than this package "
             f"({FORMAT_VERSION}); upgrade simspine-jax",
             path=path,
+            field="version",
         )
-    missing = [k for k in _STATIC_ARRAYS + _LEAF_ARRAYS if k not in files]
-    if missing:
-        raise ModelError(f"missing arrays {missing}", path=path)
-    return _build(meta, files, dtype)
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ModelError(f"meta_json: {key} must be {what}", path=path, field=key)
+
+    def names(key: str, unique: bool = True) -> list[str]:
+        v = meta.get(key)
+        need(isinstance(v, list) and all(isinstance(s, str) for s in v), key, "a list of names")
+        if unique:
+            need(len(set(v)) == len(v), key, "a list of distinct names")
+        return v
+
+    for key in ("name", "source", "source_sha256"):
+        need(isinstance(meta.get(key), str), key, "a string")
+    need(meta.get("marker_source") is None or isinstance(meta["marker_source"], str),
+         "marker_source", "a string or null")  # fmt: skip
+    bodies = names("bodies")
+    need(len(bodies) >= 1, "bodies", "a non-empty list (ground first)")
+    markers = names("markers")
+    marker_bodies = names("marker_bodies", unique=False)
+    need(len(marker_bodies) == len(markers), "marker_bodies", "one body per marker")
+    need(set(marker_bodies) <= set(bodies), "marker_bodies", "names of bodies of the tree")
+    coords = meta.get("coordinates")
+    need(isinstance(coords, list), "coordinates", "a list")
+    for k, c in enumerate(coords):
+        key = f"coordinates[{k}]"
+        need(isinstance(c, dict), key, "an object")
+        need(isinstance(c.get("name"), str), f"{key}.name", "a string")
+        need(isinstance(c.get("joint"), str), f"{key}.joint", "a string")
+        for flag in ("clamped", "locked"):
+            need(isinstance(c.get(flag), bool), f"{key}.{flag}", "true or false")
+        need(c.get("motion_type") in MOTION_TYPE_NAMES, f"{key}.motion_type",
+             f"one of {MOTION_TYPE_NAMES}")  # fmt: skip
+        need(c.get("dependent_on") is None or isinstance(c["dependent_on"], str),
+             f"{key}.dependent_on", "a name or null")  # fmt: skip
+        d, r = c.get("default"), c.get("range")
+        need(_finite_number(d), f"{key}.default", "a finite number")
+        need(isinstance(r, list) and len(r) == 2 and all(map(_finite_number, r)) and r[0] <= r[1],
+             f"{key}.range", "[min, max], finite, min <= max")  # fmt: skip
+    cnames = [c["name"] for c in coords]
+    need(len(set(cnames)) == len(cnames), "coordinates", "distinct names")
+    indep = names("independent")
+    need(set(indep) <= set(cnames), "independent", "names of coordinates")
+    for key, fields in (
+        ("joints", {"name": str, "type": str, "parent": str, "child": str, "coordinates": list}),
+        ("couplers", {"name": str, "dependent": str, "independent": str}),
+    ):
+        v = meta.get(key)
+        need(isinstance(v, list), key, "a list")
+        for k, item in enumerate(v):
+            need(
+                isinstance(item, dict)
+                and all(isinstance(item.get(f), t) for f, t in fields.items()),
+                f"{key}[{k}]",
+                f"an object with {', '.join(fields)}",
+            )
+    return meta
+
+
+def _finite_number(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _check_arrays(meta: dict, a: dict[str, np.ndarray], path: str) -> None:
+    """Dtypes, shapes and index ranges of the arrays, against each other and ``meta``."""
+    nb, nc, nm = len(meta["bodies"]), len(meta["coordinates"]), len(meta["markers"])
+    ni = len(meta["independent"])
+    nf = a["func_input"].shape[0] if a["func_input"].ndim == 1 else -1
+    nd = a["dep_coord"].shape[0] if a["dep_coord"].ndim == 1 else -1
+    K = a["func_x"].shape[1] if a["func_x"].ndim == 2 else -1
+    shapes = {
+        "body_parent": (nb,),
+        "body_depth": (nb,),
+        "axis_func": (nb, 6),
+        "func_input": (nf,),
+        "func_nknot": (nf,),
+        "func_poly": (nf,),
+        "dep_coord": (nd,),
+        "dep_func": (nd,),
+        "indep_coord": (ni,),
+        "coord_clamped": (nc,),
+        "coord_locked": (nc,),
+        "coord_motion": (nc,),
+        "marker_body": (nm,),
+        "joint_R_pf": (nb, 3, 3),
+        "joint_p_pf": (nb, 3),
+        "joint_R_cm": (nb, 3, 3),
+        "joint_p_cm": (nb, 3),
+        "joint_axes": (nb, 6, 3),
+        "func_x": (nf, K),
+        "func_y": (nf, K),
+        "func_b": (nf, K),
+        "func_c": (nf, K),
+        "func_d": (nf, K),
+        "coord_default": (nc,),
+        "coord_range": (nc, 2),
+        "marker_offset": (nm, 3),
+        "body_scale": (nb, 3),
+    }
+    for key, arr in a.items():
+        kinds = "iu" if key in _INT_ARRAYS else "b" if key in _BOOL_ARRAYS else "f"
+        if arr.dtype.kind not in kinds:
+            want = {"iu": "integer", "b": "bool", "f": "float"}[kinds]
+            raise ModelError(f"{want} array expected, got {arr.dtype}", path=path, field=key)
+        want_shape = shapes.get(key)
+        if want_shape is not None and (arr.shape != want_shape or min(want_shape) < 0):
+            raise ModelError(
+                f"shape {arr.shape}, expected {want_shape} (from meta_json and the other arrays)",
+                path=path,
+                field=key,
+            )
+        if kinds == "f" and key != "func_x" and not np.all(np.isfinite(arr)):
+            raise ModelError("values must be finite", path=path, field=key)
+
+    def index(key: str, lo: int, hi: int, what: str) -> np.ndarray:
+        v = a[key].astype(np.int64)
+        if v.size and not (v.min() >= lo and v.max() < hi):
+            raise ModelError(f"index outside [{lo}, {hi}) ({what})", path=path, field=key)
+        return v
+
+    parent = index("body_parent", -1, max(nb - 1, 0), "parent bodies")
+    if nb and (parent[0] != -1 or np.any(parent[1:] >= np.arange(1, nb)) or np.any(parent[1:] < 0)):
+        raise ModelError(
+            "ground must come first (parent -1) and every body after its parent",
+            path=path,
+            field="body_parent",
+        )
+    depth = np.zeros(nb, np.int64)
+    for i in range(1, nb):
+        depth[i] = depth[parent[i]] + 1
+    if not np.array_equal(a["body_depth"], depth):
+        raise ModelError("does not match body_parent", path=path, field="body_depth")
+    index("axis_func", 0, nf, "functions")
+    index("func_input", -1, nc, "coordinates, -1 for none")
+    nknot = index("func_nknot", 1, K + 1, "knots per function")
+    dep = index("dep_coord", 0, nc, "coordinates")
+    dep_func = index("dep_func", 0, nf, "functions")
+    ind = index("indep_coord", 0, nc, "coordinates")
+    index("coord_motion", 0, len(MOTION_TYPE_NAMES), "motion types")
+    mb = index("marker_body", 0, nb, "bodies")
+    if len(set(dep.tolist())) != nd or len(set(ind.tolist())) != ni or set(dep) & set(ind):
+        raise ModelError(
+            "dependent and independent coordinates must be distinct", path=path, field="dep_coord"
+        )
+    if nd and np.any(a["func_input"][dep_func] < 0):
+        raise ModelError("a coupler function without input", path=path, field="dep_func")
+    cnames = [c["name"] for c in meta["coordinates"]]
+    if [cnames[k] for k in ind] != list(meta["independent"]):
+        raise ModelError("does not match meta_json's independent", path=path, field="indep_coord")
+    if [meta["bodies"][k] for k in mb] != list(meta["marker_bodies"]):
+        raise ModelError("does not match meta_json's marker_bodies", path=path, field="marker_body")
+    x = a["func_x"]
+    used = np.arange(K)[None, :] < nknot[:, None]
+    if not (np.all(np.isfinite(x[used])) and np.all(np.isposinf(x[~used]))):
+        raise ModelError(
+            "knots must be finite, padded with +inf after func_nknot", path=path, field="func_x"
+        )
+    with np.errstate(invalid="ignore"):  # inf - inf in the padding, masked out
+        step = np.diff(x, axis=1)
+    if np.any(np.where(used[:, 1:], ~(step > 0), False)):
+        raise ModelError("knots must increase", path=path, field="func_x")
+    rng = a["coord_range"]
+    if np.any(rng[:, 0] > rng[:, 1]):
+        raise ModelError("inverted range (min > max)", path=path, field="coord_range")
+    eye = np.eye(3)
+    for key in ("joint_R_pf", "joint_R_cm"):
+        R = a[key]
+        if np.abs(np.swapaxes(R, -1, -2) @ R - eye).max(initial=0.0) > 1e-6:
+            raise ModelError("not rotation matrices", path=path, field=key)
+    if np.abs(np.linalg.norm(a["joint_axes"], axis=-1) - 1.0).max(initial=0.0) > 1e-6:
+        raise ModelError("axes must be unit vectors", path=path, field="joint_axes")
 
 
 def load_model(path: str | Path, markers: str | Path | None = None, dtype=None) -> KinematicTree:
@@ -340,7 +664,13 @@ def replace_markers(tree: KinematicTree, markers: str | Path) -> KinematicTree:
     names, bodies, offs = [], [], []
     bset = set(tree.body_names)
     for m in parse_marker_file(markers):
-        name = m.get("name")
+        name = (m.get("name") or "").strip()
+        if not name or name in names:
+            raise ModelError(
+                "a marker without a name" if not name else f"marker '{name}' is listed twice",
+                path=str(markers),
+                field=name or None,
+            )
         sock = (_text(m, "socket_parent_frame") or "").split("/")[-1]
         if sock not in bset:
             raise ModelError(

@@ -273,7 +273,8 @@ def _check_time(time: np.ndarray, line_numbers: Sequence[int], path: str, field:
         r = int(np.flatnonzero(~(step > 0))[0]) + 1
         how = "repeats" if time[r] == time[r - 1] else "goes back"
         raise InputError(
-            f"time {how}: {time[r]!r} s after {time[r - 1]!r} s on line {line_numbers[r - 1]} "
+            f"time {how}: {float(time[r])!r} s after {float(time[r - 1])!r} s on line "
+            f"{line_numbers[r - 1]} "
             "(time must increase strictly from row to row)",
             path=path,
             line=line_numbers[r],
