@@ -516,14 +516,23 @@ def _motion_type(kind: str, idx: int, funcs, fcoord, cname: str) -> int:
     return COUPLED
 
 
+def _xml_line(e: ET.ParseError) -> int | None:
+    pos = getattr(e, "position", None)
+    return pos[0] if pos else None
+
+
 # ----------------------------------------------------------------------------- markers
 def parse_marker_file(path: str | Path) -> list[ET.Element]:
     """Marker elements of an OpenSim MarkerSet ``.xml`` (or any document holding one)."""
     path = str(path)
     try:
         root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as e:
-        raise ModelError(f"cannot read marker set: {e}", path=path) from e
+    except ET.ParseError as e:
+        raise ModelError(f"malformed XML: {e}", path=path, line=_xml_line(e)) from None
+    except (LookupError, ValueError) as e:  # an unknown or unusable encoding declaration
+        raise ModelError(f"cannot decode the XML: {e}", path=path) from None
+    except OSError as e:
+        raise ModelError(f"cannot read marker set: {e.strerror or e}", path=path) from None
     ms = root if root.tag == "MarkerSet" else root.find(".//MarkerSet")
     if ms is None:
         raise ModelError("no <MarkerSet> element found", path=path)
@@ -541,7 +550,9 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
     try:
         doc = ET.fromstring(raw)
     except ET.ParseError as e:
-        raise ModelError(f"malformed XML: {e}", path=path) from e
+        raise ModelError(f"malformed XML: {e}", path=path, line=_xml_line(e)) from None
+    except (LookupError, ValueError) as e:  # an unknown or unusable encoding declaration
+        raise ModelError(f"cannot decode the XML: {e}", path=path) from None
     root = doc.find("Model") if doc.tag == "OpenSimDocument" else doc
     if root is None or root.tag != "Model":
         raise ModelError("no <Model> element (is this an .osim file?)", path=path)

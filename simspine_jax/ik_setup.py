@@ -140,6 +140,8 @@ def _parse_xml(path: str) -> ET.Element:
     except ET.ParseError as e:
         line = e.position[0] if getattr(e, "position", None) else None
         raise InputError(f"malformed XML: {e}", path=path, line=line) from None
+    except (LookupError, ValueError) as e:  # an unknown or unusable encoding declaration
+        raise InputError(f"cannot decode the XML: {e}", path=path) from None
     except OSError as e:
         raise InputError(f"cannot read IK setup file: {e.strerror or e}", path=path) from None
 
