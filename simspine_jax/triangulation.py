@@ -18,7 +18,9 @@ For every point (one keypoint in one frame, seen by ``C`` calibrated cameras):
 5. **Outlier views**: while the largest reprojection error among the kept views exceeds
    ``max_reprojection_px`` and more than ``min_views`` views are kept, every kept view is
    tried out (all ``C`` candidates solved at once, steps 3-4 on the remaining views) and the
-   view whose removal leaves the smallest mean error is dropped (flag :data:`PRUNED`).
+   view whose removal leaves the smallest mean error is dropped (flag :data:`PRUNED`). Only
+   the points that need a round are gathered and solved (in blocks of 2048), so clean data
+   costs one solve per point.
 6. **Acceptance**: the point is kept if the mean reprojection error of its kept views is at
    most ``max_reprojection_px`` (Pose2Sim's rule), else it is NaN (flag :data:`HIGH_ERROR`).
 
@@ -123,6 +125,14 @@ def _normalize(uv, cams: _Cams, n_undistort: int):
 
 
 # ----------------------------------------------------------------------------- per-point kernel
+def _solve3(H, b):
+    """x = H^-1 b for a 3x3 H by cofactors (elementwise: no LAPACK call per point on CPU)."""
+    r0, r1, r2 = H[0], H[1], H[2]
+    c0, c1, c2 = jnp.cross(r1, r2), jnp.cross(r2, r0), jnp.cross(r0, r1)
+    det = r0 @ c0
+    return (b[0] * c0 + b[1] * c1 + b[2] * c2) / det
+
+
 def _dlt(w, xn, cams: _Cams):
     """Inhomogeneous confidence-weighted DLT from normalized coords xn (C, 2), weights w (C,)."""
     P = jnp.concatenate([cams.R, cams.t[:, :, None]], axis=2)  # (C, 3, 4)
@@ -132,7 +142,7 @@ def _dlt(w, xn, cams: _Cams):
     M, b = A[:, :3], -A[:, 3]
     H = M.T @ M
     H = H + (1e-12 * jnp.trace(H) + 1e-30) * jnp.eye(3, dtype=H.dtype)
-    return jnp.linalg.solve(H, M.T @ b)
+    return _solve3(H, M.T @ b)
 
 
 def _errors(X, uv, cams: _Cams):
@@ -156,7 +166,7 @@ def _refine(X, w, uv, cams: _Cams, huber_px, n_iter: int):
         H = jnp.einsum("c,cij,cik->jk", W, J, J)
         g = jnp.einsum("c,cij,ci->j", W, J, r)
         H = H + (1e-9 * jnp.trace(H) + 1e-30) * jnp.eye(3, dtype=H.dtype)
-        dX = jnp.linalg.solve(H, g)
+        dX = _solve3(H, g)
         X_new = X - dX
         return jnp.where(jnp.all(jnp.isfinite(X_new)), X_new, X)
 
@@ -171,29 +181,19 @@ def _solve(mask, conf, xn, uv, cams, huber_px, n_iter):
     return X, _errors(X, uv, cams)
 
 
-def _point(uv, conf, xn, valid, cams, thr_px, huber_px, *, min_views, n_iter, robust):
-    """One point: uv (C, 2) px, conf (C,), xn (C, 2), valid (C,) bool."""
+def _drop_worst_view(mask, X, e, conf, xn, uv, cams, huber_px, n_iter):
+    """One pruning step for one point: solve with each kept view left out (all C at once)
+    and keep the candidate with the smallest mean error over its views."""
     C = uv.shape[0]
-    X, e = _solve(valid, conf, xn, uv, cams, huber_px, n_iter)
-    mask = valid
-    if robust and C > min_views:
-        drop_one = ~jnp.eye(C, dtype=bool)
+    cand = mask[None, :] & ~jnp.eye(C, dtype=bool)  # (C, C): row c = mask without view c
+    Xc, ec = jax.vmap(lambda m: _solve(m, conf, xn, uv, cams, huber_px, n_iter))(cand)
+    score = jnp.where(cand, ec, 0.0).sum(1) / jnp.maximum(mask.sum() - 1, 1)
+    c = jnp.argmin(jnp.where(mask, score, jnp.inf))
+    return cand[c], Xc[c], ec[c]
 
-        def prune(_, state):
-            mask, X, e = state
-            n = mask.sum()
-            need = (jnp.max(jnp.where(mask, e, 0.0)) > thr_px) & (n > min_views)
-            cand = mask[None, :] & drop_one  # (C, C): row c = mask without view c
-            Xc, ec = jax.vmap(lambda m: _solve(m, conf, xn, uv, cams, huber_px, n_iter))(cand)
-            score = jnp.where(cand, ec, 0.0).sum(1) / jnp.maximum(n - 1, 1)
-            c = jnp.argmin(jnp.where(mask, score, jnp.inf))
-            return (
-                jnp.where(need, cand[c], mask),
-                jnp.where(need, Xc[c], X),
-                jnp.where(need, ec[c], e),
-            )
 
-        mask, X, e = jax.lax.fori_loop(0, C - min_views, prune, (mask, X, e))
+def _finish(mask, X, e, valid, thr_px, min_views):
+    """Acceptance and flags of one point."""
     n = mask.sum()
     mean_e = jnp.where(mask, e, 0.0).sum() / jnp.maximum(n, 1)
     few = valid.sum() < min_views
@@ -213,6 +213,46 @@ def _point(uv, conf, xn, valid, cams, thr_px, huber_px, *, min_views, n_iter, ro
     )
 
 
+_PRUNE_BLOCK = 2048  # points pruned together; only blocks holding points that need it run
+
+
+def _prune(mask, X, e, conf, xn, uv, cams, thr_px, huber_px, *, min_views, n_iter):
+    """Outlier-view pruning of all N points: ``C - min_views`` rounds; in each, the points
+    whose largest kept-view error exceeds ``thr_px`` (and that keep more than ``min_views``
+    views) are gathered to the front and processed in blocks, so the cost follows the number of
+    such points, not N."""
+    N, C = mask.shape
+    block = min(N, _PRUNE_BLOCK)
+    n_blocks = -(-N // block)
+    step = jax.vmap(partial(_drop_worst_view, n_iter=n_iter), (0, 0, 0, 0, 0, 0, None, None))
+    for _ in range(C - min_views):
+        need = (jnp.max(jnp.where(mask, e, 0.0), axis=1) > thr_px) & (mask.sum(1) > min_views)
+        order = jnp.argsort(~need, stable=True)  # points that need it first
+        pad = n_blocks * block - N
+        order = jnp.concatenate([order, jnp.full((pad,), N, order.dtype)])  # N: dropped
+        n_need = need.sum()
+
+        def body(state, order=order, need=need):
+            b, mask, X, e = state
+            ids = jax.lax.dynamic_slice(order, (b * block,), (block,))
+            take = need.at[ids].get(mode="fill", fill_value=False)
+            m, x, ee = step(mask[ids], X[ids], e[ids], conf[ids], xn[ids], uv[ids], cams, huber_px)
+            m = jnp.where(take[:, None], m, mask[ids])
+            x = jnp.where(take[:, None], x, X[ids])
+            ee = jnp.where(take[:, None], ee, e[ids])
+            return (
+                b + 1,
+                mask.at[ids].set(m, mode="drop"),
+                X.at[ids].set(x, mode="drop"),
+                e.at[ids].set(ee, mode="drop"),
+            )
+
+        _, mask, X, e = jax.lax.while_loop(
+            lambda s, n_need=n_need: s[0] * block < n_need, body, (0, mask, X, e)
+        )
+    return mask, X, e
+
+
 @partial(jax.jit, static_argnames=("min_views", "n_iter", "n_undistort", "robust"))
 def _triangulate_flat(
     cams, uv, conf, lik_thr, thr_px, huber_px, *, min_views, n_iter, n_undistort, robust
@@ -223,10 +263,15 @@ def _triangulate_flat(
     uv = jnp.where(valid[..., None], uv, centre)  # masked views: finite, weight 0
     conf = jnp.where(valid, conf, 0.0)
     xn = _normalize(uv, cams, n_undistort)
-    kernel = partial(_point, min_views=min_views, n_iter=n_iter, robust=robust)
-    return jax.vmap(kernel, (0, 0, 0, 0, None, None, None))(
-        uv, conf, xn, valid, cams, thr_px, huber_px
-    )
+    solve = jax.vmap(partial(_solve, n_iter=n_iter), (0, 0, 0, 0, None, None))
+    X, e = solve(valid, conf, xn, uv, cams, huber_px)
+    mask = valid
+    if robust and uv.shape[1] > min_views:
+        mask, X, e = _prune(
+            mask, X, e, conf, xn, uv, cams, thr_px, huber_px, min_views=min_views, n_iter=n_iter
+        )
+    finish = jax.vmap(_finish, (0, 0, 0, 0, None, None))
+    return finish(mask, X, e, valid, thr_px, min_views)
 
 
 def _check_inputs(cams: _Cams, uv, conf, min_views):
