@@ -17,10 +17,10 @@ For every point (one keypoint in one frame, seen by ``C`` calibrated cameras):
    ``huber_px / e`` (the robust triangulation of the SimSpine paper).
 5. **Outlier views**: while the largest reprojection error among the kept views exceeds
    ``max_reprojection_px`` and more than ``min_views`` views are kept, every kept view is
-   tried out (all ``C`` candidates solved at once, steps 3-4 on the remaining views) and the
-   view whose removal leaves the smallest mean error is dropped (flag :data:`PRUNED`). Only
-   the points that need a round are gathered and solved (in blocks of 2048), so clean data
-   costs one solve per point.
+   tried out (all ``C`` candidates at once, a DLT on the remaining views each) and the view
+   whose removal leaves the smallest mean error is dropped; the point is then refined on the
+   views left (step 4) (flag :data:`PRUNED`). Only the points that need a round are gathered
+   and solved (in blocks of 2048), so clean data costs one solve per point.
 6. **Acceptance**: the point is kept if the mean reprojection error of its kept views is at
    most ``max_reprojection_px`` (Pose2Sim's rule), else it is NaN (flag :data:`HIGH_ERROR`).
 
@@ -182,14 +182,15 @@ def _solve(mask, conf, xn, uv, cams, huber_px, n_iter):
 
 
 def _drop_worst_view(mask, X, e, conf, xn, uv, cams, huber_px, n_iter):
-    """One pruning step for one point: solve with each kept view left out (all C at once)
-    and keep the candidate with the smallest mean error over its views."""
+    """One pruning step for one point: a DLT with each kept view left out (all C at once);
+    the candidate with the smallest mean error over its views is refined and kept."""
     C = uv.shape[0]
     cand = mask[None, :] & ~jnp.eye(C, dtype=bool)  # (C, C): row c = mask without view c
-    Xc, ec = jax.vmap(lambda m: _solve(m, conf, xn, uv, cams, huber_px, n_iter))(cand)
+    _, ec = jax.vmap(lambda m: _solve(m, conf, xn, uv, cams, huber_px, 0))(cand)
     score = jnp.where(cand, ec, 0.0).sum(1) / jnp.maximum(mask.sum() - 1, 1)
     c = jnp.argmin(jnp.where(mask, score, jnp.inf))
-    return cand[c], Xc[c], ec[c]
+    Xc, ec = _solve(cand[c], conf, xn, uv, cams, huber_px, n_iter)
+    return cand[c], Xc, ec
 
 
 def _finish(mask, X, e, valid, thr_px, min_views):
