@@ -27,6 +27,13 @@ from .fk import (
 )
 from .merging import ik_setup_xml, merge_markers, merge_trc_files
 from .model import KinematicTree, load_model, load_tree, save_tree, tree_from_export
+from .skeletons import get_skeleton
+from .triangulation import (
+    TriangulationResult,
+    dlt_triangulate,
+    triangulate,
+    triangulate_recording,
+)
 
 __version__ = "0.1.0"
 
@@ -36,16 +43,19 @@ __all__ = [
     "KinematicTree",
     "ModelError",
     "SimSpineError",
+    "TriangulationResult",
     "butterworth_filtfilt",
     "default_ik_setup_path",
     "default_markers_path",
     "default_model_path",
     "default_osim_path",
+    "dlt_triangulate",
     "fill_gaps",
     "filter_trc",
     "forward_kinematics",
     "from_opensim_axes",
     "full_coordinates",
+    "get_skeleton",
     "ik_setup_xml",
     "independent_coordinates",
     "load_model",
@@ -57,4 +67,6 @@ __all__ = [
     "save_tree",
     "to_opensim_axes",
     "tree_from_export",
+    "triangulate",
+    "triangulate_recording",
 ]
