@@ -563,12 +563,16 @@ def marker_fixed_flags(osim: str | Path, markers: str | Path | None = None) -> d
     from .export import _bool, parse_marker_file
 
     out = {}
-    root = ET.parse(str(osim)).getroot()
-    for m in root.iter("Marker"):
-        out[m.get("name")] = _bool(m, "fixed", False)
-    if markers is not None:
-        for m in parse_marker_file(markers):
-            out[m.get("name")] = _bool(m, "fixed", False)
+    try:
+        root = ET.parse(str(osim)).getroot()
+    except (ET.ParseError, OSError) as e:
+        raise ModelError(f"cannot read model: {e}", path=str(osim)) from e
+    for src, els in ((osim, root.iter("Marker")), (markers, ())):
+        if src is markers and markers is not None:
+            els = parse_marker_file(markers)
+        for m in els:
+            name = m.get("name")
+            out[name] = _bool(m, "fixed", False, f"marker '{name}' fixed", str(src))
     return out
 
 
