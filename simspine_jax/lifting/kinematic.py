@@ -167,7 +167,9 @@ class KinematicLifter:
         """Head outputs -> (coordinates (B, n_free), keypoints (B, J, 3) root-relative, metres)."""
         q_free = self.coordinates(raw)
         q = jnp.zeros((raw.shape[0], self.tree.n_indep), jnp.float32).at[:, self.free].set(q_free)
-        markers = marker_positions(self.tree, q)  # (B, 37, 3) in the pelvis frame
+        # one frame's FK vmapped over the batch: the batch size stays out of FK's Python code
+        # (its block size switch), so a symbolic ONNX batch axis traces through
+        markers = jax.vmap(lambda qi: marker_positions(self.tree, qi))(q)  # (B, 37, 3), pelvis
         assert markers.shape == (raw.shape[0], len(SIMSPINE37), 3)
         x = markers[:, self.joints]
         rel = x - x[:, self.root : self.root + 1]

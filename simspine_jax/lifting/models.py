@@ -64,7 +64,7 @@ def normalise_2d(stats: dict, joints: np.ndarray, kp2d, conf, image_size) -> jax
     u = screen_normalise(kp2d[:, joints], image_size)
     z = (u - stats["in_mean"]) / stats["in_std"]
     z = jnp.where(conf[:, joints, None] > 0, z, 0.0)
-    return z.reshape(z.shape[0], -1).astype(jnp.float32)
+    return z.reshape(z.shape[0], 2 * len(joints)).astype(jnp.float32)  # no -1: ONNX batch axis
 
 
 def root_relative(kp3d, joints: np.ndarray, root: int) -> jax.Array:
@@ -176,9 +176,9 @@ class BaselineLifter:
             out, upd = self.module.apply(
                 variables, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
             )
-            return out.reshape(x.shape[0], -1, 3), upd["batch_stats"]
+            return out.reshape(x.shape[0], len(self.joints) - 1, 3), upd["batch_stats"]
         out = self.module.apply(variables, x, train=False)
-        return out.reshape(x.shape[0], -1, 3), variables["batch_stats"]
+        return out.reshape(x.shape[0], len(self.joints) - 1, 3), variables["batch_stats"]
 
     def target(self, batch) -> jax.Array:
         """Standardised root-relative targets. Shape: (B, J - 1, 3)."""
