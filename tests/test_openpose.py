@@ -182,3 +182,45 @@ def test_from_arrays():
     assert kp.confidence[0, 1, 2] == 0 and kp.marker_names[3] == "kp3"
     with pytest.raises(InputError, match="confidence must have shape"):
         Keypoints2D.from_arrays(uv, conf[:, :2])
+
+
+def test_skeletons_match_installed_pose2sim(monkeypatch):
+    """Our layouts are Pose2Sim's (its skeletons.py from the installed wheel, read with a
+    stand-in for anytree, which the wheel was installed without)."""
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("Pose2Sim")
+    if spec is None or spec.submodule_search_locations is None:
+        pytest.skip("pose2sim is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "skeletons.py"
+    if not path.exists():
+        pytest.skip("pose2sim has no skeletons.py")
+
+    class Node:
+        def __init__(self, name, id=None, children=()):
+            self.name, self.id, self.children = name, id, list(children)
+
+    fake = types.ModuleType("anytree")
+    fake.Node = Node
+    fake.RenderTree = object
+    importer = types.ModuleType("anytree.importer")
+    importer.DictImporter = object
+    monkeypatch.setitem(sys.modules, "anytree", fake)
+    monkeypatch.setitem(sys.modules, "anytree.importer", importer)
+    ns: dict = {"__name__": "pose2sim_skeletons"}
+    exec(compile(path.read_text(), str(path), "exec"), ns)
+
+    def walk(n):
+        yield n
+        for c in n.children:
+            yield from walk(c)
+
+    for name, sk in SKELETONS.items():
+        if name == "SIMSPINE37":
+            continue
+        theirs = {(n.id, n.name) for n in walk(ns[name]) if n.id is not None}
+        if name == "BLAZEPOSE":  # Pose2Sim's tree spells 'Lknee'; its marker set 'LKnee'
+            theirs = {(i, "LKnee" if n == "Lknee" else n) for i, n in theirs}
+        assert set(zip(sk.marker_index, sk.marker_names, strict=True)) == theirs, name
