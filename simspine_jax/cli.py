@@ -266,7 +266,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # modules of simspine_jax/commands/ that add subcommands (one line each, in menu order)
-_COMMAND_MODULES: tuple[str, ...] = ("merge", "frontend", "scale")
+_COMMAND_MODULES: tuple[str, ...] = ("merge", "frontend", "scale", "lifting")
 
 
 def main(argv: list[str] | None = None) -> int:
