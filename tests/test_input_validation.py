@@ -147,7 +147,9 @@ def test_trc_time_not_strictly_increasing_is_refused(tmp_path, kind, times, line
     assert err.line == line and err.field == "Time", str(err)
 
 
-@pytest.mark.parametrize("value", ["1e308", "1e300", "-1e30", "inf", "-Infinity"])
+@pytest.mark.parametrize(
+    "value", ["1e308", "1e300", "-1e30", "inf", "-Infinity", "\u0661\u0662", "1_000"]
+)
 def test_trc_absurd_or_infinite_value_names_line_and_field(tmp_path, value):
     rows = _rows()
     cells = rows[2].split("\t")

@@ -147,7 +147,9 @@ def _parse_rows_slowly(
                 raise InputError(
                     f"not a number: {s!r}", path=path, line=lineno, field=column_name(j)
                 ) from None
-            if "_" in s:  # Python's float() takes '1_000'; OpenSim and numpy's loadtxt do not
+            # Python's float() takes '1_000' and non-ASCII digits ('\u0661\u0662' is 12);
+            # OpenSim and numpy's loadtxt do not
+            if "_" in s or not s.isascii():
                 raise InputError(
                     f"not a number: {s!r}", path=path, line=lineno, field=column_name(j)
                 )
