@@ -90,11 +90,11 @@ def test_demo_subject_is_consistent(cams):
     assert stats["searched"] == 1 and stats["tracked"] == 5
     # the subject chosen in the crowded cameras 1 and 2 is the one cameras 3 and 4 (one person
     # each) see: a DLT from cameras 3 + 4 reprojects near it, far from the bystanders
-    from simspine_jax.io.openpose import _dlt_np, _reproj
+    from simspine_jax.io.openpose import _dlt_px, _reproj
 
     for f in range(6):
         w = np.where(kp.confidence[f, 2:] >= 0.3, kp.confidence[f, 2:], 0)
-        X = _dlt_np(cams[2:], kp.uv[f, 2:], w)
+        X = _dlt_px(cams[2:], kp.uv[f, 2:], w)
         proj = _reproj(cams, X)
         for c in (0, 1):
             ok = (kp.confidence[f, c] >= 0.3) & np.isfinite(proj[c, :, 0])

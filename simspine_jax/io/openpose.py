@@ -217,13 +217,23 @@ def match_camera_dirs(
 
 
 # ----------------------------------------------------------------------------- person choice
-def _dlt_np(cameras: Sequence[Camera], uv: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Confidence-weighted DLT per keypoint: uv (C, K, 2), w (C, K). Shape: (K, 3)."""
+def _undistort_all(cameras: Sequence[Camera], uv: np.ndarray, axis: int) -> np.ndarray:
+    """Normalized coordinates of pixels ``uv`` whose camera axis is ``axis``."""
+    uv = np.moveaxis(np.nan_to_num(uv), axis, 0)
+    xn = np.stack([undistort_pixels(uv[i], c.K, c.dist) for i, c in enumerate(cameras)])
+    return np.moveaxis(xn, 0, axis)
+
+
+def _dlt_px(cameras: Sequence[Camera], uv: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """:func:`_dlt_np` from pixels uv (C, K, 2). Shape: (K, 3)."""
+    return _dlt_np(cameras, _undistort_all(cameras, uv, 0), w)
+
+
+def _dlt_np(cameras: Sequence[Camera], xn: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Confidence-weighted DLT per keypoint from normalized coordinates xn (C, K, 2) and
+    weights w (C, K). Shape: (K, 3)."""
     C, K = w.shape
     P = np.stack([np.concatenate([c.R, c.t[:, None]], 1) for c in cameras])  # (C, 3, 4)
-    xn = np.stack(
-        [undistort_pixels(np.nan_to_num(uv[i]), c.K, c.dist) for i, c in enumerate(cameras)]
-    )
     ax = xn[..., 0:1] * P[:, None, 2, :] - P[:, None, 0, :]  # (C, K, 4)
     ay = xn[..., 1:2] * P[:, None, 2, :] - P[:, None, 1, :]
     A = np.concatenate([ax * w[..., None], ay * w[..., None]], 0).transpose(1, 0, 2)  # (K, 2C, 4)
@@ -270,7 +280,9 @@ def select_person(
     T, C, P, K, _ = people.shape
     present = np.isfinite(people[..., 2]).any(-1)  # (T, C, P)
     n_people = present.sum(-1)  # (T, C)
-    chosen = np.full((T, C, K, 3), np.nan)
+    # x, y, confidence, then the undistorted normalized x, y (computed once for all)
+    people = np.concatenate([people[..., :3], _undistort_all(cameras, people[..., :2], 1)], -1)
+    chosen = np.full((T, C, K, 5), np.nan)
     single = np.all(n_people <= 1, axis=1)  # (T,)
     first = np.argmax(present, axis=-1)  # (T, C): the only person where single
     chosen[single] = people[np.arange(T)[:, None], np.arange(C)[None, :], first][single]
@@ -284,7 +296,7 @@ def select_person(
     for f in np.flatnonzero(~single):
         prev3d = None
         if f > 0:
-            X = _dlt_np(cameras, chosen[f - 1, ..., :2], weights(chosen[f - 1]))
+            X = _dlt_np(cameras, chosen[f - 1, ..., 3:], weights(chosen[f - 1]))
             if np.isfinite(X).all(-1).sum() >= 3:
                 prev3d = _reproj(cameras, X)  # (C, K, 2)
         options = [np.flatnonzero(present[f, c]) if present[f, c].any() else [-1] for c in range(C)]
@@ -309,8 +321,9 @@ def select_person(
             w = weights(kp)
             # all combinations in one DLT: their keypoints side by side
             flat_uv = kp[..., :2].transpose(1, 0, 2, 3).reshape(C, -1, 2)
+            flat_xn = kp[..., 3:].transpose(1, 0, 2, 3).reshape(C, -1, 2)
             flat_w = w.transpose(1, 0, 2).reshape(C, -1)
-            proj = _reproj(cameras, _dlt_np(cameras, flat_uv, flat_w))
+            proj = _reproj(cameras, _dlt_np(cameras, flat_xn, flat_w))
             err = np.linalg.norm(proj - flat_uv, axis=-1).reshape(C, len(combos), K)
             used = (flat_w > 0).reshape(C, len(combos), K) & np.isfinite(err)
             score = np.where(used, err, 0).sum((0, 2)) / np.maximum(used.sum((0, 2)), 1)
@@ -328,13 +341,14 @@ def select_person(
                 if w[c].sum() == 0:
                     continue
                 others = [i for i in range(C) if i != c]
-                X = _dlt_np([cameras[i] for i in others], chosen[f, others, :, :2], w[others])
+                X = _dlt_np([cameras[i] for i in others], chosen[f, others, :, 3:], w[others])
                 proj = _reproj([cameras[c]], X)[0]
                 e = np.linalg.norm(proj - chosen[f, c, :, :2], axis=-1)[w[c] > 0]
                 e = e[np.isfinite(e)]
                 if e.size and np.median(e) > gate_px:
                     chosen[f, c] = np.nan
                     stats["no_person_views"] += 1
+    chosen = chosen[..., :3]
     chosen[..., 2] = np.nan_to_num(chosen[..., 2])
     return chosen, stats
 
