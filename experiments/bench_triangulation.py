@@ -107,7 +107,8 @@ def bench_real(wheel_dir: Path, dtype) -> tuple:
     T = kp.uv.shape[0]
     for name, fn in (("robust", triangulate), ("dlt", dlt_triangulate)):
         _, t_first = timed(fn, cams, kp.uv, kp.confidence, dtype=dtype)
-        r, t_run = timed(fn, cams, kp.uv, kp.confidence, dtype=dtype)
+        runs = [timed(fn, cams, kp.uv, kp.confidence, dtype=dtype) for _ in range(5)]
+        r, t_run = runs[0][0], min(t for _, t in runs)  # 100 frames: best of 5
         ok = np.isfinite(r.points[..., 0])
         filled, _ = fill_gaps(r.points, 10, points=True)
         med, _ = common_error(cams, kp.uv, kp.confidence, r.points)
