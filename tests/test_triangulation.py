@@ -211,3 +211,15 @@ def test_cli_triangulate(tmp_path, capsys):
     args[6] = "HALPE_26"
     assert main(args) == 2
     assert "expected 78" in capsys.readouterr().err
+
+
+def test_thresholds_do_not_recompile(scene):
+    """Thresholds are traced values: new ones reuse the compiled program (trace count)."""
+    from simspine_jax.triangulation import _triangulate_flat
+
+    cams, X, uv, conf = scene
+    triangulate(cams, uv, conf)
+    n = _triangulate_flat._cache_size()
+    triangulate(cams, uv, conf, likelihood_threshold=0.6, max_reprojection_px=4.0, huber_px=1.0)
+    triangulate(_ring(4, dist=np.zeros(5)), uv[:15], conf[:15])  # new cameras, fewer frames
+    assert _triangulate_flat._cache_size() == n
