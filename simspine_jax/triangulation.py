@@ -437,7 +437,8 @@ def triangulate_recording(
 ) -> dict:
     """Calibration TOML + Pose2Sim ``pose`` folder -> OpenSim TRC (metres, Y-up) + report.
 
-    Steps: :func:`~simspine_jax.io.calibration.read_calibration`,
+    Steps: :func:`~simspine_jax.io.calibration.load_calibration` (TOML, or Qualisys
+    ``.qca.txt``),
     :func:`~simspine_jax.io.openpose.read_pose_dir` (cameras matched by name, number or order;
     one subject chosen), :func:`triangulate`, then :func:`simspine_jax.filtering.fill_gaps`
     (gaps up to ``max_gap`` frames), :func:`~simspine_jax.filtering.butterworth_filtfilt`
@@ -452,7 +453,7 @@ def triangulate_recording(
     from pathlib import Path
 
     from . import filtering
-    from .io.calibration import read_calibration
+    from .io.calibration import load_calibration
     from .io.openpose import read_pose_dir
     from .io.trc import write_trc
     from .skeletons import get_skeleton
@@ -460,7 +461,7 @@ def triangulate_recording(
     if not (np.isfinite(rate_hz) and rate_hz > 0):
         raise InputError(f"rate must be a positive number, got {rate_hz!r}", field="rate")
     sk = get_skeleton(skeleton)
-    cameras = read_calibration(calib)
+    cameras = load_calibration(calib)
     kp = read_pose_dir(
         pose_dir,
         cameras,

@@ -203,3 +203,35 @@ def test_camera_model_matches_opencv():
     uv = Camera("c", (1920.0, 1080.0), g["K"], g["dist"], R, g["tvec"]).project(g["X"])
     np.testing.assert_allclose(uv, g["uv"], atol=1e-9)  # px
     np.testing.assert_allclose(undistort_pixels(g["uv"], g["K"], g["dist"]), g["xn"], atol=1e-14)
+
+
+def test_qualisys_qca_equals_pose2sims_toml(tmp_path):
+    """The installed pose2sim wheel's demo Calib.qca.txt, read by read_qca, gives the cameras
+    of the TOML Pose2Sim 0.5.7 converted from the same file (shipped in tests/data)."""
+    import importlib.util
+
+    from simspine_jax.io.calibration import load_calibration, read_qca
+
+    spec = importlib.util.find_spec("Pose2Sim")
+    if spec is None or spec.submodule_search_locations is None:
+        pytest.skip("pose2sim is not installed")
+    qca = (
+        Path(list(spec.submodule_search_locations)[0])
+        / "Demo_SinglePerson/calibration/Calib.qca.txt"
+    )
+    if not qca.exists():
+        pytest.skip("the installed pose2sim has no demo Calib.qca.txt")
+    ours = load_calibration(qca)
+    toml = read_calibration(CALIB)
+    assert [c.name for c in ours] == ["cam01", "cam02", "cam03", "cam04"]
+    for a, b in zip(ours, toml, strict=True):
+        assert a.size == b.size
+        np.testing.assert_array_equal(a.K, b.K)
+        np.testing.assert_array_equal(a.dist, b.dist)
+        np.testing.assert_allclose(a.R, b.R, atol=1e-14)
+        np.testing.assert_allclose(a.t, b.t, atol=1e-14)
+    bad = tmp_path / "bad.qca.txt"
+    bad.write_text(qca.read_text().replace('focalLengthU="107599.671875" ', "", 1))
+    with pytest.raises(InputError, match="cam01.*focalLengthU|focalLengthU") as e:
+        read_qca(bad)
+    assert e.value.field == "cam01.intrinsic.focalLengthU"

@@ -37,7 +37,9 @@ def register(sub) -> None:
         "folders are matched to the calibration's cameras by name (folder minus '_json'), "
         "else by the number in the names (cam1_json <-> cam_01), else by sorted order.",
     )
-    t.add_argument("--calib", required=True, help="calibration .toml (Pose2Sim/Anipose)")
+    t.add_argument(
+        "--calib", required=True, help="calibration .toml (Pose2Sim/Anipose) or Qualisys .qca.txt"
+    )
     t.add_argument("--pose-dir", required=True, help="folder with one JSON folder per camera")
     t.add_argument(
         "--skeleton",

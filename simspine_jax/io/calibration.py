@@ -48,9 +48,11 @@ __all__ = [
     "camera_from_h36m",
     "cameras_arrays",
     "distort_normalized",
+    "load_calibration",
     "matrix_to_rodrigues",
     "project_points",
     "read_calibration",
+    "read_qca",
     "rodrigues_to_matrix",
     "undistort_normalized",
     "undistort_pixels",
@@ -394,3 +396,86 @@ def camera_from_h36m(
     K = np.array([[f[0], 0.0, c[0]], [0.0, f[1], c[1]], [0.0, 0.0, 1.0]])
     dist = np.array([k[0], k[1], p[0], p[1], k[2]])
     return Camera(name, (float(size[0]), float(size[1])), K, dist, Rm, -Rm @ T)
+
+
+# ----------------------------------------------------------------------------- Qualisys
+_QCA_FLIP = np.diag([1.0, -1.0, -1.0])  # Qualisys camera axes (y up, looking along -z) -> OpenCV
+
+
+def read_qca(path: str | os.PathLike[str], binning_factor: float = 1.0) -> list[Camera]:
+    """Cameras of a Qualisys ``.qca.txt`` calibration (XML), converted as Pose2Sim's
+    ``calib_qca_to_toml`` converts it, so the result equals the TOML Pose2Sim writes.
+
+    Per ``<camera>``: name ``serial``; size from ``<fov_video>`` (``right - left + 1``,
+    ``bottom - top + 1``) / ``binning_factor``; focal lengths, centre and the four distortion
+    values of ``<intrinsic>`` divided by 64 (Qualisys's sub-pixel unit) and by the binning,
+    the centre then shifted by the field of view's ``left``/``top``; ``<transform>`` gives the
+    camera centre ``x, y, z`` in mm and a rotation ``M`` (``r11 .. r33`` row by row) with
+    ``X_cam = diag(1, -1, -1) M (X - centre)`` (Qualisys cameras look along -z, y up).
+    """
+    import xml.etree.ElementTree as ET
+
+    p = str(path)
+    try:
+        root = ET.parse(p).getroot()
+    except OSError as e:
+        raise InputError(f"cannot read calibration: {e.strerror}", path=p) from None
+    except ET.ParseError as e:
+        raise InputError(f"not valid XML: {e}", path=p, line=e.position[0]) from None
+    cams = []
+    for i, cam in enumerate(root.findall("cameras/camera")):
+        name = cam.get("serial") or f"cam{i + 1}"
+
+        def num(tag: str, attr: str, name=name, cam=cam) -> float:
+            el = cam.find(tag)
+            v = None if el is None else el.get(attr)
+            if v is None:
+                raise InputError(
+                    f"camera '{name}' has no {tag} {attr}", path=p, field=f"{name}.{tag}.{attr}"
+                )
+            try:
+                return float(v)
+            except ValueError:
+                raise InputError(
+                    f"{v!r} is not a number", path=p, field=f"{name}.{tag}.{attr}"
+                ) from None
+
+        left, top = num("fov_video", "left"), num("fov_video", "top")
+        size = (
+            (num("fov_video", "right") - left + 1) / binning_factor,
+            (num("fov_video", "bottom") - top + 1) / binning_factor,
+        )
+        s = 64.0 * binning_factor
+        intr = "intrinsic"
+        K = np.array(
+            [
+                [num(intr, "focalLengthU") / s, 0.0, num(intr, "centerPointU") / s - left],
+                [0.0, num(intr, "focalLengthV") / s, num(intr, "centerPointV") / s - top],
+                [0.0, 0.0, 1.0],
+            ]
+        )
+        dist = np.array(
+            [
+                num(intr, "radialDistortion1") / s,
+                num(intr, "radialDistortion2") / s,
+                num(intr, "tangentalDistortion1") / s,
+                num(intr, "tangentalDistortion2") / s,
+                0.0,
+            ]
+        )
+        M = np.array([[num("transform", f"r{a}{b}") for b in (1, 2, 3)] for a in (1, 2, 3)])
+        M = _check_rotation(M, dict(path=p, field=f"{name}.transform"))
+        centre = np.array([num("transform", a) for a in "xyz"]) / 1000.0
+        R = _QCA_FLIP @ M
+        cams.append(Camera(name, size, K, dist, R, -R @ centre))
+    if not cams:
+        raise InputError("no <camera> in the calibration", path=p, field="cameras")
+    return cams
+
+
+def load_calibration(path: str | os.PathLike[str]) -> list[Camera]:
+    """Cameras of a calibration file: Qualisys ``.qca.txt`` (:func:`read_qca`), else
+    Pose2Sim/Anipose TOML (:func:`read_calibration`)."""
+    if str(path).lower().endswith((".qca.txt", ".qca")):
+        return read_qca(path)
+    return read_calibration(path)
