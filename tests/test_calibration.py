@@ -141,21 +141,34 @@ def test_bad_values(tmp_path):
         read_calibration(p)
 
 
-def test_h36m_convention():
+def test_h36m_convention(tmp_path):
     rng = np.random.default_rng(3)
     R = Rotation.from_rotvec([0.3, -2.0, 0.4]).as_matrix()
     T = np.array([1841.1, 4955.3, 1563.4])  # camera centre, mm
     f, c = np.array([1145.0, 1143.8]), np.array([512.5, 515.5])
     k = np.array([-0.207, 0.247, -0.003])
-    cam = camera_from_h36m(R, T, f, c, k, (0.0, 0.0), name="54138969")
+    p = np.array([-0.00096, -0.00142])
+    cam = camera_from_h36m(R, T, f, c, k, p, name="54138969")
     np.testing.assert_allclose(cam.center, T)
-    X = T + R.T @ np.array([100.0, -50.0, 4000.0]) + rng.normal(size=3)
-    # Human3.6M's own projection: X_cam = R (X - T), radial distortion, then f and c
-    Xc = R @ (X - T)
-    xy = Xc[:2] / Xc[2]
-    r2 = xy @ xy
-    uv = f * xy * (1 + k[0] * r2 + k[1] * r2**2 + k[2] * r2**3) + c
+    X = T + (R.T @ np.array([[1500.0, -1400.0, 4000.0], [-1600, 1500, 3800]]).T).T
+    X = X + rng.normal(size=X.shape)
+    # Human3.6M's released projection: X_cam = R (X - T), then
+    # XXX = XX (radial + p1 y + p2 x) + (p2, p1) r2, then f and c
+    Xc = (X - T) @ R.T
+    xy = Xc[:, :2] / Xc[:, 2:]
+    r2 = (xy**2).sum(1)
+    radial = 1 + k[0] * r2 + k[1] * r2**2 + k[2] * r2**3
+    tan = p[0] * xy[:, 1] + p[1] * xy[:, 0]
+    uv = f * (xy * (radial + tan)[:, None] + np.outer(r2, [p[1], p[0]])) + c
     np.testing.assert_allclose(cam.project(X), uv, rtol=1e-12)
+    # and its inverse: pixels back to the normalized ray
+    np.testing.assert_allclose(undistort_pixels(uv, cam.K, cam.dist), xy, atol=1e-12)
+    # OpenCV's tangential formula would be off by a fraction of a pixel here
+    opencv = Camera("x", (1000.0, 1002.0), cam.K, cam.dist[:5], cam.R, cam.t)
+    assert 0.05 < np.abs(opencv.project(X) - uv).max() < 2
+    with pytest.raises(InputError, match="has no place") as e:
+        write_calibration(tmp_path / "h.toml", [cam])
+    assert e.value.field == "54138969.distortions"
     with pytest.raises(InputError, match="not orthonormal") as e:
         camera_from_h36m(R * 1.1, T, f, c, name="54138969")
     assert e.value.field == "54138969.R"

@@ -22,7 +22,13 @@ calibration's length unit, metres for Pose2Sim), ``fisheye`` = false. This is wh
 is accepted if it is a proper rotation.
 
 Human3.6M gives R, T, f, c, k (k1, k2, k3), p (p1, p2) with the camera *centre* T:
-``X_cam = R (X - T)``, i.e. ``t = -R T``; its distortion is the same Brown-Conrady model.
+``X_cam = R (X - T)``, i.e. ``t = -R T``. Its radial distortion is OpenCV's; its released
+projection code applies the tangential terms without OpenCV's factors 2
+(``x_d = x (radial + p1 y + p2 x) + p2 r2``, ``y_d = y (radial + p1 y + p2 x) + p1 r2``), so a
+Human3.6M camera carries a sixth distortion value, the tangential factor tau = 1 (OpenCV: 2)::
+
+    x_d = x radial + tau p1 x y + p2 (r2 + tau x^2)
+    y_d = y radial + p1 (r2 + tau y^2) + tau p2 x y
 
 The distortion maps (:func:`distort_normalized`, :func:`undistort_normalized`) use only
 arithmetic, so they work on numpy and JAX arrays alike; :mod:`simspine_jax.triangulation` jits
@@ -70,7 +76,7 @@ class Camera:
     name: str
     size: tuple[float, float]  # (width, height), px
     K: np.ndarray  # (3, 3) intrinsics
-    dist: np.ndarray  # (5,) k1, k2, p1, p2, k3 (OpenCV order)
+    dist: np.ndarray  # (5,) k1, k2, p1, p2, k3 (OpenCV order); (6,) + tangential factor
     R: np.ndarray  # (3, 3) world-to-camera rotation
     t: np.ndarray  # (3,) world-to-camera translation
     extra: dict = field(default_factory=dict, compare=False)  # other TOML keys, written back
@@ -142,15 +148,17 @@ def _check_rotation(R: np.ndarray, where: dict) -> np.ndarray:
 def distort_normalized(xy, dist):
     """Brown-Conrady distortion of normalized image coordinates ``(..., 2)`` (numpy or JAX).
 
-    ``dist`` is ``(..., 5)`` = k1, k2, p1, p2, k3, broadcast against ``xy[..., 0]``.
-    Shape: same as ``xy``.
+    ``dist`` is ``(..., 5)`` = k1, k2, p1, p2, k3 (OpenCV), or ``(..., 6)`` with the
+    tangential factor tau last (2 for OpenCV, 1 for Human3.6M; see the module doc), broadcast
+    against ``xy[..., 0]``. Shape: same as ``xy``.
     """
     x, y = xy[..., 0], xy[..., 1]
     k1, k2, p1, p2, k3 = (dist[..., i] for i in range(5))
+    tau = dist[..., 5] if dist.shape[-1] > 5 else 2.0
     r2 = x * x + y * y
     radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
-    xd = x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
-    yd = y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
+    xd = x * radial + tau * p1 * x * y + p2 * (r2 + tau * x * x)
+    yd = y * radial + p1 * (r2 + tau * y * y) + tau * p2 * x * y
     return _stack2(xd, yd, xy)
 
 
@@ -164,12 +172,13 @@ def undistort_normalized(xy_d, dist, n_iter: int = 20):
     """
     xd, yd = xy_d[..., 0], xy_d[..., 1]
     k1, k2, p1, p2, k3 = (dist[..., i] for i in range(5))
+    tau = dist[..., 5] if dist.shape[-1] > 5 else 2.0
     x, y = xd, yd
     for _ in range(n_iter):
         r2 = x * x + y * y
         radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
-        dx = 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
-        dy = p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
+        dx = tau * p1 * x * y + p2 * (r2 + tau * x * x)
+        dy = p1 * (r2 + tau * y * y) + tau * p2 * x * y
         x = (xd - dx) / radial
         y = (yd - dy) / radial
     return _stack2(x, y, xy_d)
@@ -188,7 +197,8 @@ def project_points(X, K, dist, R, t) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     Xc = X @ np.asarray(R).T + np.asarray(t)
     xn = Xc[..., :2] / Xc[..., 2:3]
-    xd = distort_normalized(xn, np.broadcast_to(np.asarray(dist), xn.shape[:-1] + (5,)))
+    dist = np.asarray(dist)
+    xd = distort_normalized(xn, np.broadcast_to(dist, xn.shape[:-1] + dist.shape[-1:]))
     K = np.asarray(K)
     u = K[0, 0] * xd[..., 0] + K[0, 1] * xd[..., 1] + K[0, 2]
     v = K[1, 1] * xd[..., 1] + K[1, 2]
@@ -205,14 +215,16 @@ def undistort_pixels(uv, K, dist, n_iter: int = 20) -> np.ndarray:
     y = (uv[..., 1] - K[1, 2]) / K[1, 1]
     x = (uv[..., 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
     xy = np.stack([x, y], axis=-1)
-    return undistort_normalized(xy, np.broadcast_to(np.asarray(dist), xy.shape[:-1] + (5,)), n_iter)
+    dist = np.asarray(dist)
+    return undistort_normalized(xy, np.broadcast_to(dist, xy.shape[:-1] + dist.shape[-1:]), n_iter)
 
 
 def cameras_arrays(cameras: Sequence[Camera]) -> dict[str, np.ndarray]:
-    """Stacked camera parameters: K (C,3,3), dist (C,5), R (C,3,3), t (C,3)."""
+    """Stacked camera parameters: K (C,3,3), dist (C,6) (tangential factor last), R (C,3,3),
+    t (C,3)."""
     return dict(
         K=np.stack([c.K for c in cameras]),
-        dist=np.stack([c.dist for c in cameras]),
+        dist=np.stack([c.dist if len(c.dist) == 6 else np.r_[c.dist, 2.0] for c in cameras]),
         R=np.stack([c.R for c in cameras]),
         t=np.stack([c.t for c in cameras]),
     )
@@ -348,7 +360,14 @@ def write_calibration(
     out = []
     for c in cameras:
         key = c.name if c.name.replace("_", "").replace("-", "").isalnum() else f'"{c.name}"'
-        dist = c.dist if c.dist[4] != 0 else c.dist[:4]
+        if len(c.dist) > 5 and c.dist[5] != 2.0 and np.any(c.dist[2:4] != 0):
+            raise InputError(
+                "a Human3.6M-style tangential distortion (factor "
+                f"{c.dist[5]:g}) has no place in an OpenCV/Pose2Sim TOML",
+                path=str(path),
+                field=f"{c.name}.distortions",
+            )
+        dist = c.dist[:5] if c.dist[4] != 0 else c.dist[:4]
         out += [
             f"[{key}]",
             f"name = {_toml_value(c.name)}",
@@ -383,7 +402,8 @@ def camera_from_h36m(
     """A :class:`Camera` from Human3.6M parameters (``X_cam = R (X - T)``).
 
     ``R`` 3x3 (checked orthonormal), ``T`` camera centre (3,), ``f`` = (fx, fy), ``c`` =
-    (cx, cy), ``k`` = (k1, k2, k3), ``p`` = (p1, p2). Lengths stay in ``T``'s unit (Human3.6M
+    (cx, cy), ``k`` = (k1, k2, k3), ``p`` = (p1, p2) (Human3.6M's tangential formula: ``dist``
+    gets the tangential factor 1 as a sixth value). Lengths stay in ``T``'s unit (Human3.6M
     uses mm). ``size`` defaults to Human3.6M's 1000 x 1002 px frames.
     """
     where = dict(path=source, field=f"{name}.R")
@@ -394,7 +414,7 @@ def camera_from_h36m(
     k = _num_array(np.ravel(k), (3,), dict(path=source, field=f"{name}.k"), "k")
     p = _num_array(np.ravel(p), (2,), dict(path=source, field=f"{name}.p"), "p")
     K = np.array([[f[0], 0.0, c[0]], [0.0, f[1], c[1]], [0.0, 0.0, 1.0]])
-    dist = np.array([k[0], k[1], p[0], p[1], k[2]])
+    dist = np.array([k[0], k[1], p[0], p[1], k[2], 1.0])  # tangential factor 1 (module doc)
     return Camera(name, (float(size[0]), float(size[1])), K, dist, Rm, -Rm @ T)
 
 
