@@ -6,7 +6,9 @@ under the marker names Pose2Sim's OpenSim marker sets use. The layouts and the c
 follow Pose2Sim's ``skeletons.py`` (0.10.x): a keypoint Pose2Sim leaves out (e.g. the eyes and
 ears of BODY_25B) is left out here too, so a TRC we write has the markers Pose2Sim's IK setups
 expect. ``SIMSPINE37`` (alias ``SPINEPOSE``, the output of the ``spinepose`` package) keeps all
-37 keypoints in :data:`simspine_jax.keypoints.SIMSPINE37` order.
+37 keypoints in :data:`simspine_jax.keypoints.SIMSPINE37` order, which is the order of
+``spinepose/metainfo.py`` (spinepose 2.1.0: ``nose, left_eye, ..., spine_01, ..., neck_03``
+under our names ``Nose, LEye, ..., Spine_01, ..., Neck_03``).
 
 Pure Python + numpy.
 """

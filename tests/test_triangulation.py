@@ -223,3 +223,39 @@ def test_thresholds_do_not_recompile(scene):
     triangulate(cams, uv, conf, likelihood_threshold=0.6, max_reprojection_px=4.0, huber_px=1.0)
     triangulate(_ring(4, dist=np.zeros(5)), uv[:15], conf[:15])  # new cameras, fewer frames
     assert _triangulate_flat._cache_size() == n
+
+
+def test_spinepose_output_end_to_end(tmp_path, capsys):
+    """Four cameras of SpinePose output (its OpenPose-style JSON: 37 keypoints in SimSpine
+    order, one folder of frame_NNNNN.json per camera) and a calibration written by us:
+    the CLI's TRC holds the 3D points (OpenSim Y-up) to 1e-6 m."""
+    from simspine_jax.filtering import to_opensim_axes
+    from simspine_jax.io.calibration import write_calibration
+    from simspine_jax.keypoints import SIMSPINE37
+
+    rng = np.random.default_rng(7)
+    cams = _ring(4)
+    T = 3  # 3 x 37 = 111 points: the module's 128-point program
+    X = rng.uniform(-0.5, 0.5, (T, 37, 3)) + [0, 0, 1.0]
+    calib = write_calibration(tmp_path / "calib.toml", cams)
+    for c, cam in enumerate(cams):
+        d = tmp_path / "pose" / f"cam{c + 1}"
+        d.mkdir(parents=True)
+        for t in range(T):
+            kp = np.concatenate([cam.project(X[t]), np.full((37, 1), 0.9)], axis=1)
+            people = [{"pose_keypoints_2d": kp.ravel().tolist()}]
+            if c == 0:  # a bystander far from the subject in one camera
+                far = cam.project(X[t] + [1.5, 0.0, 0.0])
+                people.append({"pose_keypoints_2d": np.c_[far, np.full(37, 0.95)].ravel().tolist()})
+            (d / f"frame_{t:05d}.json").write_text(json.dumps({"version": 1.0, "people": people}))
+    out = tmp_path / "sp.trc"
+    rc = main(
+        ["triangulate", "--calib", str(calib), "--pose-dir", str(tmp_path / "pose"),
+         "--skeleton", "SPINEPOSE", "-o", str(out), "--no-filter"]
+    )  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["camera_match"] == "order" and summary["coverage"] == 1.0  # c0 vs cam1
+    trc = read_trc(out)
+    assert trc.marker_names == SIMSPINE37
+    np.testing.assert_allclose(trc.positions, to_opensim_axes(X, "z"), atol=1e-6)
