@@ -105,7 +105,14 @@ def bench_real(wheel_dir: Path, dtype) -> tuple:
     cams = read_calibration(root / DEMO / "S00_Calibration/Calib_qualisys.toml")
     kp, t_read = timed(read_pose_dir, root / TRIAL / "pose", cams, "BODY_25B")
     T = kp.uv.shape[0]
-    for name, fn in (("robust", triangulate), ("dlt", dlt_triangulate)):
+    from functools import partial
+
+    methods = (
+        ("robust", triangulate),
+        ("robust_prune_on_mean", partial(triangulate, prune_on="mean")),
+        ("dlt", dlt_triangulate),
+    )
+    for name, fn in methods:
         _, t_first = timed(fn, cams, kp.uv, kp.confidence, dtype=dtype)
         runs = [timed(fn, cams, kp.uv, kp.confidence, dtype=dtype) for _ in range(5)]
         r, t_run = runs[0][0], min(t for _, t in runs)  # 100 frames: best of 5

@@ -15,12 +15,12 @@ For every point (one keypoint in one frame, seen by ``C`` calibrated cameras):
    Huber-penalised reprojection error in *distorted pixels* (the full camera model), with
    Huber threshold ``huber_px``: a view whose residual is ``e > huber_px`` weighs
    ``huber_px / e`` (the robust triangulation of the SimSpine paper).
-5. **Outlier views**: while the largest reprojection error among the kept views exceeds
-   ``max_reprojection_px`` and more than ``min_views`` views are kept, every kept view is
-   tried out (all ``C`` candidates at once, a DLT on the remaining views each) and the view
-   whose removal leaves the smallest mean error is dropped; the point is then refined on the
-   views left (step 4) (flag :data:`PRUNED`). Only the points that need a round are gathered
-   and solved (in blocks of 2048), so clean data costs one solve per point.
+5. **Outlier views**: while the largest (``prune_on="mean"``: the mean) reprojection error
+   among the kept views exceeds ``max_reprojection_px`` and more than ``min_views`` views are
+   kept, every kept view is tried out (all ``C`` candidates at once, a DLT on the remaining
+   views each) and the view whose removal leaves the smallest mean error is dropped; the point
+   is then refined on the views left (step 4) (flag :data:`PRUNED`). Only the points that need
+   a round are gathered and solved (in blocks of 2048), so clean data costs one solve per point.
 6. **Acceptance**: the point is kept if the mean reprojection error of its kept views is at
    most ``max_reprojection_px`` (Pose2Sim's rule), else it is NaN (flag :data:`HIGH_ERROR`).
 
@@ -217,17 +217,19 @@ def _finish(mask, X, e, valid, thr_px, min_views):
 _PRUNE_BLOCK = 2048  # points pruned together; only blocks holding points that need it run
 
 
-def _prune(mask, X, e, conf, xn, uv, cams, thr_px, huber_px, *, min_views, n_iter):
+def _prune(mask, X, e, conf, xn, uv, cams, thr_px, huber_px, by_mean, *, min_views, n_iter):
     """Outlier-view pruning of all N points: ``C - min_views`` rounds; in each, the points
-    whose largest kept-view error exceeds ``thr_px`` (and that keep more than ``min_views``
-    views) are gathered to the front and processed in blocks, so the cost follows the number of
-    such points, not N."""
+    whose largest (``by_mean``: mean) kept-view error exceeds ``thr_px`` (and that keep more
+    than ``min_views`` views) are gathered to the front and processed in blocks, so the cost
+    follows the number of such points, not N."""
     N, C = mask.shape
     block = min(N, _PRUNE_BLOCK)
     n_blocks = -(-N // block)
     step = jax.vmap(partial(_drop_worst_view, n_iter=n_iter), (0, 0, 0, 0, 0, 0, None, None))
     for _ in range(C - min_views):
-        need = (jnp.max(jnp.where(mask, e, 0.0), axis=1) > thr_px) & (mask.sum(1) > min_views)
+        kept = jnp.where(mask, e, 0.0)
+        err = jnp.where(by_mean, kept.sum(1) / jnp.maximum(mask.sum(1), 1), kept.max(1))
+        need = (err > thr_px) & (mask.sum(1) > min_views)
         order = jnp.argsort(~need, stable=True)  # points that need it first
         pad = n_blocks * block - N
         order = jnp.concatenate([order, jnp.full((pad,), N, order.dtype)])  # N: dropped
@@ -256,7 +258,7 @@ def _prune(mask, X, e, conf, xn, uv, cams, thr_px, huber_px, *, min_views, n_ite
 
 @partial(jax.jit, static_argnames=("min_views", "n_iter", "n_undistort", "robust"))
 def _triangulate_flat(
-    cams, uv, conf, lik_thr, thr_px, huber_px, *, min_views, n_iter, n_undistort, robust
+    cams, uv, conf, lik_thr, thr_px, huber_px, by_mean, *, min_views, n_iter, n_undistort, robust
 ):
     """Points (N, C, 2) px, conf (N, C) -> per-point results (N, ...)."""
     valid = (conf >= lik_thr) & jnp.all(jnp.isfinite(uv), -1) & jnp.isfinite(conf)
@@ -269,7 +271,18 @@ def _triangulate_flat(
     mask = valid
     if robust and uv.shape[1] > min_views:
         mask, X, e = _prune(
-            mask, X, e, conf, xn, uv, cams, thr_px, huber_px, min_views=min_views, n_iter=n_iter
+            mask,
+            X,
+            e,
+            conf,
+            xn,
+            uv,
+            cams,
+            thr_px,
+            huber_px,
+            by_mean,
+            min_views=min_views,
+            n_iter=n_iter,
         )
     finish = jax.vmap(_finish, (0, 0, 0, 0, None, None))
     return finish(mask, X, e, valid, thr_px, min_views)
@@ -298,6 +311,7 @@ def triangulate(
     huber_px: float = 3.0,
     gn_iters: int = 5,
     robust: bool = True,
+    prune_on: str = "max",
     n_undistort: int = 20,
     chunk: int = 65536,
     dtype=None,
@@ -305,14 +319,19 @@ def triangulate(
     """Triangulate 2D keypoints of ``C`` calibrated cameras (see the module doc for the steps).
 
     ``uv`` (T, C, K, 2) pixels (NaN where missing), ``confidence`` (T, C, K). ``robust=False``
-    skips the outlier-view pruning (DLT + Huber refinement only). Defaults follow Pose2Sim's
-    Config.toml (likelihood 0.3, 2 views, 15 px). Returns a :class:`TriangulationResult`.
+    skips the outlier-view pruning (DLT + Huber refinement only). ``prune_on="mean"`` prunes
+    while the *mean* error of the kept views exceeds the threshold (Pose2Sim's rule; keeps more
+    views) instead of the largest (default: any view off by more than the threshold goes).
+    Defaults follow Pose2Sim's Config.toml (likelihood 0.3, 2 views, 15 px). Returns a
+    :class:`TriangulationResult`.
     """
     dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     cams = _cams(cameras, dtype)
     uv = np.asarray(uv, dtype=np.float64)
     conf = np.asarray(confidence, dtype=np.float64)
     _check_inputs(cams, uv, conf, min_views)
+    if prune_on not in ("max", "mean"):
+        raise InputError(f"prune_on must be 'max' or 'mean', got {prune_on!r}", field="prune_on")
     T, C, Kp, _ = uv.shape
     flat_uv = uv.transpose(0, 2, 1, 3).reshape(T * Kp, C, 2)
     flat_c = conf.transpose(0, 2, 1).reshape(T * Kp, C)
@@ -324,6 +343,7 @@ def triangulate(
             jnp.asarray(likelihood_threshold, dtype),
             jnp.asarray(max_reprojection_px, dtype),
             jnp.asarray(huber_px, dtype),
+            jnp.asarray(prune_on == "mean"),
             min_views=int(min_views),
             n_iter=int(gn_iters),
             n_undistort=int(n_undistort),
@@ -428,6 +448,7 @@ def triangulate_recording(
     min_views: int = 2,
     max_reprojection_px: float = 15.0,
     huber_px: float = 3.0,
+    prune_on: str = "max",
     max_gap: int = 10,
     cutoff_hz: float | None = 6.0,
     filter_order: int = 4,
@@ -478,6 +499,7 @@ def triangulate_recording(
         min_views=min_views,
         max_reprojection_px=max_reprojection_px,
         huber_px=huber_px,
+        prune_on=prune_on,
     )
     t_tri = _time.perf_counter() - t0
     pos, gaps = filtering.fill_gaps(res.points, max_gap, points=True)
@@ -495,6 +517,7 @@ def triangulate_recording(
             min_views=min_views,
             max_reprojection_px=max_reprojection_px,
             huber_px=huber_px,
+            prune_on=prune_on,
             max_gap=max_gap,
             cutoff_hz=cutoff_hz,
             filter_order=filter_order,

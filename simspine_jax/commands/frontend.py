@@ -60,6 +60,13 @@ def register(sub) -> None:
         "(default 15)",
     )
     t.add_argument("--huber", type=float, default=3.0, help="Huber threshold, px (default 3)")
+    t.add_argument(
+        "--prune-on",
+        choices=("max", "mean"),
+        default="max",
+        help="drop views while the largest (default) or the mean (Pose2Sim's rule) "
+        "reprojection error of a point's views exceeds --max-reproj",
+    )
     t.add_argument("--max-gap", type=int, default=10, help="fill gaps up to N frames (default 10)")
     t.add_argument(
         "--filter-cutoff", type=float, default=6.0, help="low-pass cutoff, Hz (default 6)"
@@ -100,6 +107,7 @@ def _run(args) -> int:
         min_views=args.min_views,
         max_reprojection_px=args.max_reproj,
         huber_px=args.huber,
+        prune_on=args.prune_on,
         max_gap=args.max_gap,
         cutoff_hz=None if args.no_filter else args.filter_cutoff,
         filter_order=args.filter_order,
