@@ -457,22 +457,29 @@ def _entries(raw: bytes) -> dict[str, np.ndarray]:
 
 def _odd_array(kind: int, like: np.ndarray, pick: int) -> np.ndarray:
     n = like.shape[0] if like.ndim else 1
-    vals = (-2, -1, 0, 1, n - 1, n, 10**9, 2**62)
-    if kind == 0:  # one index moved to an odd value
+    ints = (-2, -1, 0, 1, n - 1, n, 10**9, 2**62)
+    floats = (np.nan, np.inf, -np.inf, 1e308, -0.0, 5e-324)
+
+    def cast(v):  # wraps or saturates like a corrupted file would, never raises
+        with np.errstate(all="ignore"):
+            return np.array(v).astype(like.dtype)
+
+    if kind == 0:  # one element moved to an odd value
         a = like.copy()
         if a.size:
-            a.reshape(-1)[pick % a.size] = vals[pick % len(vals)] if a.dtype.kind in "iu" else (
-                np.nan, np.inf, -np.inf, 1e308, -0.0, 5e-324)[pick % 6]  # fmt: skip
+            v = ints[pick % len(ints)] if a.dtype.kind in "iub" else floats[pick % len(floats)]
+            a.reshape(-1)[pick % a.size] = cast(v)
         return a
     if kind == 1:  # another dtype
         dt = (np.int32, np.float32, np.float64, np.bool_, np.uint8, np.complex128, np.int64)
-        return like.astype(dt[pick % len(dt)])
+        with np.errstate(all="ignore"):
+            return like.astype(dt[pick % len(dt)])
     if kind == 2:  # another shape
         shapes = ((), (0,), (n + 1,), like.shape[::-1], (*like.shape, 1), (n, 7))
         return np.zeros(shapes[pick % len(shapes)], like.dtype)
     if kind == 3:  # a row less
         return like[:-1] if like.ndim else like
-    return np.full(like.shape, vals[pick % len(vals)], like.dtype)
+    return np.full(like.shape, cast(ints[pick % len(ints)]), like.dtype)
 
 
 _META_ODD = (None, 1, -1, 1.5, "x", "", [], {}, True, [1, 2], {"name": 3}, float("nan"))
@@ -522,7 +529,12 @@ def mutate_npz(raw: bytes, ops) -> bytes:
         elif name == "extra":
             e[f"extra_{b % 3}"] = np.zeros(3)
         elif name == "meta":
-            meta = json.loads(e["meta_json"].tobytes())
+            try:
+                meta = json.loads(e["meta_json"].tobytes())
+            except (ValueError, KeyError):  # a previous op cut or dropped it
+                return raw
+            if not isinstance(meta, dict) or not meta:
+                return raw
             meta = _mutate_meta(meta, a, b, c)
             text = json.dumps(meta) if c % 7 else json.dumps(meta)[: b % 50]
             e["meta_json"] = np.frombuffer(text.encode(), np.uint8)
