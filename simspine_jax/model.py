@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -342,6 +343,14 @@ def load_tree(path: str | Path, dtype=None) -> KinematicTree:
 def _read_entries(path: str) -> dict[str, np.ndarray]:
     """Every entry of the ``.npz`` as an array, after checking the zip directory."""
     expected = ("meta_json", *_STATIC_ARRAYS, *_LEAF_ARRAYS)
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise ModelError(f"cannot read kinematic tree: {e.strerror or e}", path=path) from None
+    if size > _MAX_TOTAL_BYTES + 2**20:  # compressed entries plus the zip's own records
+        raise ModelError(
+            f"file holds {size:,} bytes, more than a kinematic tree may (not read)", path=path
+        )
     try:
         zf = zipfile.ZipFile(path)
     except OSError as e:

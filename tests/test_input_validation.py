@@ -404,6 +404,11 @@ def test_npz_huge_entry_is_refused_from_the_directory(tmp_path):
     struct.pack_into("<I", raw, k + 24, 2_000_000_000)  # central directory: uncompressed size
     p.write_bytes(bytes(raw))
     assert "not read" in _load_error(p)
+    # a 3 GB file (sparse: no disk used) is refused from its size alone
+    big = tmp_path / "big.npz"
+    with open(big, "wb") as fh:
+        fh.truncate(3 * 2**30)
+    assert "not read" in _load_error(big)
 
 
 # --------------------------------------------------------------------------------------------
