@@ -59,6 +59,11 @@ def test_read_frame_and_bad_files(tmp_path):
         read_openpose_frame(f, 26)
     assert e.value.path == str(f) and e.value.field == "pose_keypoints_2d"
     bad = tmp_path / "b.json"
+    bad.write_text('{"people": [{"pose_keypoints_2d": []}, {"pose_keypoints_2d": [1, 2, 0.5]}]}')
+    assert read_openpose_frame(bad, 1).tolist() == [[[1.0, 2.0, 0.5]]]
+    bad.write_text('{"people": [{"pose_keypoints_2d": [1, "a", 0.5]}]}')
+    with pytest.raises(InputError, match="non-numeric"):
+        read_openpose_frame(bad, 1)
     bad.write_text('{"people": [')
     with pytest.raises(InputError, match="not valid JSON"):
         read_openpose_frame(bad, 25)

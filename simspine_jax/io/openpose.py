@@ -124,7 +124,10 @@ def _natural_key(s: str):
 
 
 def read_openpose_frame(path: str | os.PathLike[str], n_keypoints: int) -> np.ndarray:
-    """People of one OpenPose JSON file. Shape: (P, n_keypoints, 3) = x, y, confidence."""
+    """People of one OpenPose JSON file. Shape: (P, n_keypoints, 3) = x, y, confidence.
+
+    A person whose ``pose_keypoints_2d`` is an empty list is left out; any other length than
+    ``3 * n_keypoints`` is an error naming the file (usually the wrong skeleton)."""
     p = str(path)
     try:
         with open(p, encoding="utf-8") as fh:
@@ -135,9 +138,11 @@ def read_openpose_frame(path: str | os.PathLike[str], n_keypoints: int) -> np.nd
         raise InputError(f"not valid JSON: {e.msg}", path=p, line=e.lineno) from None
     if not isinstance(data, dict) or not isinstance(data.get("people"), list):
         raise InputError("no 'people' list", path=p, field="people")
-    out = np.zeros((len(data["people"]), n_keypoints, 3))
+    out = []
     for i, person in enumerate(data["people"]):
         kp = person.get("pose_keypoints_2d") if isinstance(person, dict) else None
+        if isinstance(kp, list) and not kp:
+            continue  # a person without body keypoints (e.g. only a face or hands detected)
         if not isinstance(kp, list) or len(kp) != 3 * n_keypoints:
             n = len(kp) if isinstance(kp, list) else "no"
             raise InputError(
@@ -147,12 +152,12 @@ def read_openpose_frame(path: str | os.PathLike[str], n_keypoints: int) -> np.nd
                 field="pose_keypoints_2d",
             )
         try:
-            out[i] = np.asarray(kp, dtype=np.float64).reshape(n_keypoints, 3)
+            out.append(np.asarray(kp, dtype=np.float64).reshape(n_keypoints, 3))
         except (TypeError, ValueError):
             raise InputError(
                 f"person {i} has a non-numeric value", path=p, field="pose_keypoints_2d"
             ) from None
-    return out
+    return np.stack(out) if out else np.zeros((0, n_keypoints, 3))
 
 
 def read_openpose_camera(
