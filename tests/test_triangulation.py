@@ -265,3 +265,17 @@ def test_spinepose_output_end_to_end(tmp_path, capsys):
     trc = read_trc(out)
     assert trc.marker_names == SIMSPINE37
     np.testing.assert_allclose(trc.positions, to_opensim_axes(X, "z"), atol=1e-6)
+
+
+def test_float32_matches_float64(scene):
+    """float32 (the GPU default) keeps micrometres: cofactor 3x3 solves in metres are safe."""
+    cams, X, uv, conf = scene
+    r32 = triangulate(cams, uv, conf, dtype=jnp.float32)
+    assert r32.points.dtype == np.float32 and (r32.flags == 0).all()
+    assert np.abs(r32.points - X).max() < 1e-5
+    noisy = uv + np.random.default_rng(9).normal(0, 1.0, uv.shape)
+    d = (
+        triangulate(cams, noisy, conf, dtype=jnp.float32).points
+        - triangulate(cams, noisy, conf).points
+    )
+    assert np.abs(d).max() < 1e-5
