@@ -229,3 +229,14 @@ def test_skeletons_match_installed_pose2sim(monkeypatch):
         if name == "BLAZEPOSE":  # Pose2Sim's tree spells 'Lknee'; its marker set 'LKnee'
             theirs = {(i, "LKnee" if n == "Lknee" else n) for i, n in theirs}
         assert set(zip(sk.marker_index, sk.marker_names, strict=True)) == theirs, name
+
+
+def test_cli_frame_offsets_argument():
+    import argparse
+
+    from simspine_jax.commands.frontend import _offsets
+
+    assert _offsets("2,0,-1") == [2, 0, -1]
+    assert _offsets("cam_01=2, cam_03=-1") == {"cam_01": 2, "cam_03": -1}
+    with pytest.raises(argparse.ArgumentTypeError):
+        _offsets("2,x")
