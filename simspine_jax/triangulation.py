@@ -82,7 +82,7 @@ class TriangulationResult(NamedTuple):
 
 class _Cams(NamedTuple):
     K: jax.Array  # (C, 3, 3)
-    dist: jax.Array  # (C, 5)
+    dist: jax.Array  # (C, 6): k1, k2, p1, p2, k3, tangential factor (or (C, 5), OpenCV)
     R: jax.Array  # (C, 3, 3)
     t: jax.Array  # (C, 3)
 
