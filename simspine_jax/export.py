@@ -475,13 +475,13 @@ def _joint_axes(j: ET.Element, kind: str, coords: list[str], path: str):
                     raise ModelError(f"{where}: unknown coordinate '{c}'", path=path)
             if not cn and not f.is_constant():
                 raise ModelError(f"{where}: non-constant function without coordinate", path=path)
-            norm = np.linalg.norm(ax)
-            if norm < 1e-12:
+            big = np.abs(ax).max()
+            if big == 0 or big * np.linalg.norm(ax / big) < 1e-12:
                 if cn or f(0.0) != 0.0:
                     raise ModelError(f"{where}: zero axis with a non-zero motion", path=path)
-                ax = axes[i]
-                norm = 1.0
-            axes[i] = ax / norm
+                ax, big = axes[i], 1.0
+            ax = ax / big  # to ~1 first: the norm of a 1e308 axis overflows
+            axes[i] = ax / np.linalg.norm(ax)
             funcs[i] = f
             fcoord[i] = cn[0] if cn else None
         # OpenSim replaces dependent rotation axes that carry no motion; we can only accept

@@ -490,3 +490,14 @@ def test_solve_ik_entry_refuses_what_the_cli_refuses():
         solve_ik_batch(tree, markers[None])
     with pytest.raises(InputError, match="IKOptions"):
         solve_ik(tree, markers, options={"smooth_acc": 1.0})
+
+
+def test_osim_huge_axis_is_normalised_without_overflow(tmp_path):
+    # found by experiments/fuzz_parsers.py: |(1e308, 1e308, 0)| overflowed to inf and the
+    # exported axis became (0, 0, 0), which the .npz loader then refused
+    from simspine_jax.export import read_osim
+    from simspine_jax.model import load_tree, save_tree
+
+    p = _osim(tmp_path, "<axis>0 0 1</axis>", "<axis>1e308 1e308 0</axis>")
+    tree = load_tree(save_tree(read_osim(p), tmp_path / "m.npz"))
+    np.testing.assert_allclose(np.asarray(tree.joint_axes)[2, 0], [0.5**0.5, 0.5**0.5, 0])
