@@ -240,3 +240,27 @@ def test_cli_frame_offsets_argument():
     assert _offsets("cam_01=2, cam_03=-1") == {"cam_01": 2, "cam_03": -1}
     with pytest.raises(argparse.ArgumentTypeError):
         _offsets("2,x")
+
+
+def test_gate_empties_a_view_with_only_a_bystander():
+    """Cameras 1 and 2 see the subject and a bystander; camera 0 sees only a third person
+    far away: it is left empty (the gate), the subject is kept in the other two."""
+    rng = np.random.default_rng(5)
+    cams = _ring(3)
+    T, K = 5, 6
+    body = rng.uniform(-0.2, 0.2, (K, 3)) + [0, 0, 1.0]
+    people = np.full((T, 3, 2, K, 3), np.nan)
+    for t in range(T):
+        for c, cam in enumerate(cams):
+            who = [body + [2.0, 2.0, 0]] if c == 0 else [body, body + [0.0, 1.2, 0]]
+            for slot, X in enumerate(who):
+                people[t, c, slot, :, :2] = cam.project(X) + rng.normal(0, 0.5, (K, 2))
+                people[t, c, slot, :, 2] = 0.9
+    chosen, stats = select_person(people, cams)
+    assert stats["no_person_views"] == T
+    assert np.isnan(chosen[:, 0, :, :2]).all() and (chosen[:, 0, :, 2] == 0).all()
+    # in cameras 1 and 2 the same person is chosen in every frame
+    for c in (1, 2):
+        first = chosen[0, c, 0, 0]
+        slot = 0 if np.isclose(first, people[0, c, 0, 0, 0]) else 1
+        np.testing.assert_array_equal(chosen[:, c, :, :2], people[:, c, slot, :, :2])

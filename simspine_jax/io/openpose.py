@@ -266,6 +266,41 @@ def _mean_px(a: np.ndarray, b: np.ndarray) -> float:
     return float(e.mean()) if e.size else np.inf
 
 
+def _gate(cameras: Sequence[Camera], kp: np.ndarray, w: np.ndarray, gate_px: float) -> int:
+    """Empty (NaN) the views of one frame whose person disagrees with the others; returns
+    how many. ``kp`` (C, K, 5) = x, y, confidence, normalized x, y; ``w`` (C, K) weights.
+
+    While more than two views hold a person: each such view c is left out in turn (the C
+    leave-one-out DLTs in one call); the view whose removal leaves the most consistent others
+    (smallest mean reprojection error) is the suspect, and it is emptied if its own median
+    distance to that triangulation exceeds ``gate_px``; otherwise the frame is done.
+    """
+    C, K = w.shape
+    active = w.sum(1) > 0
+    dropped = 0
+    eye = np.eye(C, dtype=bool)
+    while active.sum() > 2:
+        w_act = np.where(active[:, None], w, 0.0)
+        w_loo = np.where(eye[:, :, None], 0.0, w_act[None])  # (C left out, C, K)
+        xn = np.broadcast_to(kp[None, :, :, 3:], (C, C, K, 2)).transpose(1, 0, 2, 3)
+        X = _dlt_np(cameras, xn.reshape(C, C * K, 2), w_loo.transpose(1, 0, 2).reshape(C, -1))
+        proj = _reproj(cameras, X).reshape(C, C, K, 2)  # (camera, left out, K, 2)
+        e = np.linalg.norm(proj - kp[:, None, :, :2], axis=-1)  # (camera, left out, K)
+        use = (w_act[:, None, :] > 0) & np.isfinite(e)
+        inner = use & ~eye[:, :, None]  # the other views' own errors
+        n_in = inner.sum((0, 2))
+        consistency = np.where(inner, e, 0).sum((0, 2)) / np.maximum(n_in, 1)
+        consistency[~active | (n_in == 0)] = np.inf
+        c = int(np.argmin(consistency))
+        own = e[c, c][use[c, c]]
+        if not (own.size and np.median(own) > gate_px):
+            break
+        kp[c] = np.nan
+        active[c] = False
+        dropped += 1
+    return dropped
+
+
 def select_person(
     people: np.ndarray,
     cameras: Sequence[Camera],
@@ -339,20 +374,8 @@ def select_person(
             score[used.sum((0, 2)) == 0] = np.inf
             chosen[f] = kp[int(np.argmin(score))]
             stats["tracked" if prev3d is not None else "searched"] += 1
-        # gate: a view whose person is far from the other views' triangulation is left empty
-        if C > 2:
-            w = weights(chosen[f])
-            for c in range(C):
-                if w[c].sum() == 0:
-                    continue
-                others = [i for i in range(C) if i != c]
-                X = _dlt_np([cameras[i] for i in others], chosen[f, others, :, 3:], w[others])
-                proj = _reproj([cameras[c]], X)[0]
-                e = np.linalg.norm(proj - chosen[f, c, :, :2], axis=-1)[w[c] > 0]
-                e = e[np.isfinite(e)]
-                if e.size and np.median(e) > gate_px:
-                    chosen[f, c] = np.nan
-                    stats["no_person_views"] += 1
+        # gate: views whose person is far from the other views' triangulation are emptied
+        stats["no_person_views"] += _gate(cameras, chosen[f], weights(chosen[f]), gate_px)
     chosen = chosen[..., :3]
     chosen[..., 2] = np.nan_to_num(chosen[..., 2])
     return chosen, stats
