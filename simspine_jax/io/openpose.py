@@ -26,10 +26,11 @@ and the lowest score wins. The score is the mean reprojection error (px) of the 
 confidence-weighted DLT (cross-view consistency: people mixed across cameras do not
 triangulate), plus, when the previous frame's chosen keypoints triangulate (at least 3
 keypoints), the mean distance (px) of the combination's keypoints to that skeleton's
-reprojection (tracking: of two consistent people, the one who was followed). Then a *gate*:
-in each camera, the chosen person's keypoints are compared with the reprojection of a DLT from
-the other cameras; a median distance above ``gate_px`` leaves that view empty for the frame
-(the subject is out of view and a bystander is in it). More than ``max_combinations``
+reprojection (tracking: of two consistent people, the one who was followed). Then a *gate*
+(while more than two views hold a person): the view whose removal leaves the other views most
+consistent is compared with the reprojection of their DLT; a median distance above ``gate_px``
+empties that view for the frame (the subject is out of view and a bystander is in it) and the
+gate runs again on the rest. More than ``max_combinations``
 combinations: per camera, the person nearest the previous skeleton (else the most confident).
 """
 
