@@ -4,8 +4,8 @@ and keypoints come out of our differentiable FK inside the network.
 Head outputs per sample, after the :class:`~.models.MLPTrunk`:
 
 * the independent coordinates of the model except the six pelvis ones, each squashed into its
-  range by ``lo + (hi - lo) * sigmoid(raw)``: joint limits hold by construction, and the coupled
-  lumbar joints follow their couplers because FK applies them;
+  range by a sigmoid (:meth:`KinematicLifter.coordinates`): joint limits hold by construction,
+  and the coupled lumbar joints follow their couplers because FK applies them;
 * the root orientation, as the rotation from the pelvis frame to the camera (6D representation of
   Zhou et al. 2019, Gram-Schmidt): the model's pelvis angles are world-frame, and the camera's
   extrinsics are no input of a lifter, so the orientation is predicted camera-relative;
@@ -40,9 +40,9 @@ __all__ = ["KinematicHead", "KinematicLifter", "default_tree", "rotation_6d"]
 PELVIS = ("pelvis_tilt", "pelvis_list", "pelvis_rotation", "pelvis_tx", "pelvis_ty", "pelvis_tz")
 
 
-def default_tree() -> KinematicTree:
-    """The bundled SimSpine model in float32, its 37 markers in SIMSPINE37 order."""
-    tree = load_model(default_model_path(), dtype=jnp.float32)
+def default_tree(dtype=jnp.float32) -> KinematicTree:
+    """The bundled SimSpine model (float32 unless asked), its 37 markers in SIMSPINE37 order."""
+    tree = load_model(default_model_path(), dtype=dtype)
     if tuple(tree.marker_names) != SIMSPINE37:
         raise RuntimeError("the default model's markers are not the SIMSPINE37 keypoints in order")
     return tree
@@ -93,6 +93,7 @@ class KinematicLifter:
     config: ModelConfig
     stats: dict
     angle_weight: float  # TrainConfig.angle_weight
+    dtype: object = jnp.float32  # of the model and the head's outputs (float64 for gradient checks)
 
     def __post_init__(self):
         # model constants are made here, outside any trace (jit of a step may be the first use)
@@ -108,7 +109,7 @@ class KinematicLifter:
 
     @cached_property
     def tree(self) -> KinematicTree:
-        return default_tree()
+        return default_tree(self.dtype)
 
     @cached_property
     def free(self) -> np.ndarray:
@@ -120,7 +121,8 @@ class KinematicLifter:
     def limits(self) -> tuple[np.ndarray, np.ndarray]:
         """Ranges (lo, hi) of the predicted coordinates. Shape: (n_free,) each."""
         rng = np.asarray(self.tree.coord_range)[self.tree.topology.indep_coord[self.free]]
-        return rng[:, 0].astype(np.float32), rng[:, 1].astype(np.float32)
+        dt = np.dtype(self.dtype)
+        return rng[:, 0].astype(dt), rng[:, 1].astype(dt)
 
     @cached_property
     def q_init(self) -> np.ndarray:
@@ -138,8 +140,9 @@ class KinematicLifter:
         )
 
     def init(self, rng: jax.Array) -> dict:
-        x = jnp.zeros((2, 2 * len(self.joints)), jnp.float32)
-        return dict(self.module.init({"params": rng}, x, train=False))
+        x = jnp.zeros((2, 2 * len(self.joints)), self.dtype)
+        variables = self.module.init({"params": rng}, x, train=False)
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.dtype), dict(variables))
 
     # -- the network
     def _forward(self, variables, batch, *, train: bool, rng=None):
@@ -159,14 +162,19 @@ class KinematicLifter:
         return q_free, kp, new_stats
 
     def coordinates(self, raw: jax.Array) -> jax.Array:
-        """Squashed coordinates inside their ranges. Shape: (B, n_free)."""
+        """Squashed coordinates inside their ranges. Shape: (B, n_free).
+
+        ``lo (1 - s) + hi s`` with ``s = sigmoid(raw)``, clipped against rounding (the clip's
+        gradient is 1 inside the range): ``lo + (hi - lo) s`` overshot ``hi`` in float64.
+        """
         lo, hi = self.limits
-        return lo + (hi - lo) * jax.nn.sigmoid(raw)
+        s = jax.nn.sigmoid(raw)
+        return jnp.clip(lo * (1 - s) + hi * s, lo, hi)
 
     def keypoints_from_head(self, raw, r6, rs):
         """Head outputs -> (coordinates (B, n_free), keypoints (B, J, 3) root-relative, metres)."""
         q_free = self.coordinates(raw)
-        q = jnp.zeros((raw.shape[0], self.tree.n_indep), jnp.float32).at[:, self.free].set(q_free)
+        q = jnp.zeros((raw.shape[0], self.tree.n_indep), q_free.dtype).at[:, self.free].set(q_free)
         # one frame's FK vmapped over the batch: the batch size stays out of FK's Python code
         # (its block size switch), so a symbolic ONNX batch axis traces through
         markers = jax.vmap(lambda qi: marker_positions(self.tree, qi))(q)  # (B, 37, 3), pelvis
@@ -207,4 +215,4 @@ class KinematicLifter:
         batch = {"keypoints_2d": kp2d, "confidence": conf, "image_size": image_size}
         q_free = self._forward(variables, batch, train=False)[0]
         n = q_free.shape[0]
-        return jnp.zeros((n, self.tree.n_indep), jnp.float32).at[:, self.free].set(q_free)
+        return jnp.zeros((n, self.tree.n_indep), q_free.dtype).at[:, self.free].set(q_free)

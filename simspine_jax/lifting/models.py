@@ -64,7 +64,8 @@ def normalise_2d(stats: dict, joints: np.ndarray, kp2d, conf, image_size) -> jax
     u = screen_normalise(kp2d[:, joints], image_size)
     z = (u - stats["in_mean"]) / stats["in_std"]
     z = jnp.where(conf[:, joints, None] > 0, z, 0.0)
-    return z.reshape(z.shape[0], 2 * len(joints)).astype(jnp.float32)  # no -1: ONNX batch axis
+    # no -1 in the shape: the ONNX export's batch axis is symbolic
+    return z.reshape(z.shape[0], 2 * len(joints)).astype(stats["in_mean"].dtype)
 
 
 def root_relative(kp3d, joints: np.ndarray, root: int) -> jax.Array:
