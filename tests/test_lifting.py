@@ -38,6 +38,14 @@ TINY = [
 
 
 # ----------------------------------------------------------------------------- config
+def test_import_simspine_jax_stays_free_of_flax():
+    import subprocess
+    import sys
+
+    code = "import sys, simspine_jax; sys.exit('flax' in sys.modules or 'optax' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_default_config_has_a_comment_on_every_field():
     lines = default_config_path().read_text().splitlines()
     for i, line in enumerate(lines):

@@ -118,7 +118,7 @@ def make_train_step(lifter, tx):
         (_, (new_stats, metrics)), grads = grad_fn(params, batch_stats, batch, rng)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         return params, new_stats, opt_state, metrics
 
     return jax.jit(step_fn)
