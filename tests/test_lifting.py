@@ -232,3 +232,18 @@ def test_kinematic_outputs_respect_limits_and_model_bone_lengths(kinematic64):
     d = jnp.linalg.norm(kp[:, index_of("LShoulder")] - kp[:, index_of("LClavicle")], axis=-1)
     np.testing.assert_allclose(np.asarray(d), float(d[0]), rtol=1e-10)
     assert kp.shape == (4, 37, 3) and bool(jnp.all(kp[:, index_of("Hip")] == 0))
+
+
+def test_loss_ignores_keypoints_without_3d_truth():
+    from simspine_jax.lifting.models import joint_indices, target_mse
+
+    joints = joint_indices("spine15")
+    err = np.ones((2, 14, 3))
+    err[:, 3] = 100.0  # the 5th spine keypoint (after the root) is wrong by a lot...
+    valid = np.ones((2, 37))
+    valid[:, joints[4]] = 0.0  # ...but has no 3D truth
+    assert float(target_mse(jnp.asarray(err), {"valid_3d": jnp.asarray(valid)}, joints, 0)) == 1.0
+    assert float(target_mse(jnp.asarray(err), {}, joints, 0)) > 100.0
+    valid[1, joints[0]] = 0.0  # no root: the sample's root-relative targets are all unknown
+    w = target_mse(jnp.asarray(err), {"valid_3d": jnp.asarray(valid)}, joints, 0)
+    assert float(w) == 1.0

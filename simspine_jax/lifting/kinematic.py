@@ -33,7 +33,14 @@ from ..fk import marker_positions
 from ..keypoints import SIMSPINE37
 from ..model import KinematicTree, load_model
 from .config import ModelConfig
-from .models import MLPTrunk, joint_indices, normalise_2d, root_position, root_relative
+from .models import (
+    MLPTrunk,
+    joint_indices,
+    normalise_2d,
+    root_position,
+    root_relative,
+    target_mse,
+)
 
 __all__ = ["KinematicHead", "KinematicLifter", "default_tree", "rotation_6d"]
 
@@ -195,7 +202,7 @@ class KinematicLifter:
         pred = jnp.delete(kp, self.root, axis=1, assume_unique_indices=True)
         rel = root_relative(batch["keypoints_3d"], self.joints, self.root)
         err = (pred - rel) / self.stats["out_std"]
-        kp_loss = jnp.mean(err**2)
+        kp_loss = target_mse(err, batch, self.joints, self.root)
         loss = kp_loss
         metrics = {"keypoint_loss": kp_loss}
         if self.angle_weight > 0 and "coordinates" in batch:

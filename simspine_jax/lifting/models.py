@@ -75,6 +75,16 @@ def root_relative(kp3d, joints: np.ndarray, root: int) -> jax.Array:
     return jnp.delete(rel, root, axis=1, assume_unique_indices=True)
 
 
+def target_mse(err: jax.Array, batch, joints: np.ndarray, root: int) -> jax.Array:
+    """Mean squared ``err`` (B, J - 1, 3) over the keypoints with 3D ground truth: all, or
+    where ``batch["valid_3d"]`` (B, 37) marks it (and the root) as present (Human3.6M has 15)."""
+    if "valid_3d" not in batch:
+        return jnp.mean(err**2)
+    v = batch["valid_3d"][:, joints]
+    v = jnp.delete(v * v[:, root : root + 1], root, axis=1, assume_unique_indices=True)
+    return jnp.sum(err**2 * v[..., None]) / jnp.maximum(3.0 * jnp.sum(v), 1.0)
+
+
 def compute_stats(data, joints: str) -> dict:
     """Per joint coordinate mean and std of the inputs and targets (numpy float32 arrays).
 
@@ -94,11 +104,16 @@ def compute_stats(data, joints: str) -> dict:
     in_std = np.sqrt((((u - in_mean) ** 2) * w).sum(0) / n)
     x = np.asarray(data.keypoints_3d, np.float64)[:, idx]
     rel = np.delete(x - x[:, root : root + 1], root, axis=1)
+    v = np.ones(x.shape[:2]) if data.valid_3d is None else np.asarray(data.valid_3d)[:, idx]
+    v = np.delete(v * v[:, root : root + 1], root, axis=1)[..., None]  # (N, J - 1, 1)
+    m = np.maximum(v.sum(0), 1.0)
+    out_mean = (rel * v).sum(0) / m
+    out_std = np.sqrt((((rel - out_mean) ** 2) * v).sum(0) / m)
     stats = {
         "in_mean": in_mean,
         "in_std": np.maximum(in_std, 1e-3),
-        "out_mean": rel.mean(0),
-        "out_std": np.maximum(rel.std(0), 1e-4),
+        "out_mean": out_mean,
+        "out_std": np.maximum(out_std, 1e-4),
     }
     return {k: v.astype(np.float32) for k, v in stats.items()}
 
@@ -191,7 +206,7 @@ class BaselineLifter:
         pred, new_stats = self._standardised(
             {"params": params, "batch_stats": batch_stats}, batch, train=True, rng=rng
         )
-        loss = jnp.mean((pred - self.target(batch)) ** 2)
+        loss = target_mse(pred - self.target(batch), batch, self.joints, self.root)
         return loss, (new_stats, {"loss": loss})
 
     def predict(self, variables, kp2d, conf, image_size) -> jax.Array:

@@ -260,6 +260,8 @@ def train_and_evaluate(config: LiftingConfig, workdir: str | Path, *, evaluate: 
         if train.coordinates is None:
             raise InputError("angle_weight > 0 needs coordinates in the data", field="train")
         fields.append("coordinates")
+    if train.valid_3d is not None:  # e.g. Human3.6M: 15 of the 37 keypoints have 3D truth
+        fields.append("valid_3d")
     batcher = Batcher(train, config.train.batch_size, seed=config.seed, fields=fields)
 
     mngr = _manager(workdir)
