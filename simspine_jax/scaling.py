@@ -37,7 +37,8 @@ component's ``extendScale``; ``MarkerPlacer``), and what this module does the sa
 * **Marker placement** (:func:`place_markers`, when the setup's MarkerPlacer applies): model
   markers the static trial lacks are deleted; the trial is averaged over the placer's time range
   (NaN samples skipped); IK of that one frame with the placer's IKTaskSet
-  (:func:`simspine_jax.ik.solve_ik`, the IK setup rules of :mod:`simspine_jax.ik_setup`); each
+  (a local Levenberg-Marquardt from the default pose, as OpenSim's assembler starts from it,
+  with the weights and coordinate tasks of :mod:`simspine_jax.ik_setup`'s rules); each
   marker whose ``fixed`` is false is moved onto its averaged experimental position in its
   body's frame. As in OpenSim, the model's default pose is not changed.
 * **Optimisation** (:func:`fit_scales`): log scale factors of segment groups (by default one
@@ -61,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import InputError, ModelError, SimSpineWarning
-from .fk import forward_kinematics
+from .fk import forward_kinematics, full_coordinates
 from .io.scale_setup import Measurement, ScaleSetup
 from .model import KinematicTree
 
@@ -88,6 +89,20 @@ class ScalePlan:
     trans_axis: np.ndarray
     coupler_func: np.ndarray
     coupler_body: np.ndarray
+
+    def _key(self) -> tuple:
+        return tuple(
+            (a.dtype.str, a.shape, a.tobytes())
+            for a in (self.parent, self.trans_func, self.trans_body, self.trans_axis,
+                      self.coupler_func, self.coupler_body)
+        )  # fmt: skip
+
+    # by content: a static jit argument, so an equal plan (same model) reuses the program
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ScalePlan) and self._key() == other._key()
 
 
 def _is_coordinate(tree: KinematicTree, f: int) -> bool:
@@ -373,13 +388,11 @@ def place_markers(
     setup: ScaleSetup,
     trial,
     fixed: Mapping[str, bool],
-    ik_options=None,
 ) -> Placement:
     """OpenSim's MarkerPlacer on ``tree`` (already scaled): see the module doc.
 
     ``fixed``: marker name -> its ``fixed`` flag (markers missing here count as not fixed,
     OpenSim's default)."""
-    from .ik import solve_ik
     from .ik_setup import coordinate_task_arrays, marker_weight_vector
 
     placer = setup.placer
@@ -398,8 +411,10 @@ def place_markers(
     t_static = max(placer.time_range[0], t_first) if placer.time_range else t_first
     weight, _ = marker_weight_vector(placer.ik, tree, trial.marker_names, trc_path=trial.path)
     tasks = coordinate_task_arrays(placer.ik, tree, times=np.array([t_static]))
-    res = solve_ik(tree, z[None], weight, tasks, options=ik_options)
-    q = np.asarray(res.q[0])
+    # a local solve from the default pose, as OpenSim's assembler starts from it: a static
+    # pose leaves directions unobserved (arm rotation with a straight elbow), where a global
+    # IK may settle anywhere and the placed markers with it
+    q = fit_scales(tree, z[None], (), marker_weight=weight, coord_tasks=tasks, iters=60).q[0]
     fk = forward_kinematics(tree, jnp.asarray(q))
     R, p = np.asarray(fk.R_world), np.asarray(fk.p_world)
     mb = tree.topology.marker_body
@@ -444,8 +459,11 @@ class FitResult:
 
 
 @partial(jax.jit, static_argnames=("plan", "iters"))
-def _lm_fit(tree, plan, G, base, x0, z, w, reg, lo, hi, clamp, iters):
-    """Levenberg-Marquardt on x = [u (n_group,), q (T * n_indep)]; fixed iteration count."""
+def _lm_fit(tree, plan, G, base, x0, z, w, reg, lo, hi, clamp, c_idx, c_w, c_tgt, iters):
+    """Levenberg-Marquardt on x = [u (n_group,), q (T * n_indep)]; fixed iteration count.
+
+    Residuals: weighted marker errors, coordinate tasks ``sqrt(c_w) (q_full[c_idx] - c_tgt)``
+    (c_tgt (T, K)), ``sqrt(reg) u``."""
     n_g = G.shape[0]
     T, M, _ = z.shape
     ok = jnp.isfinite(z)
@@ -457,7 +475,14 @@ def _lm_fit(tree, plan, G, base, x0, z, w, reg, lo, hi, clamp, iters):
         s = base * jnp.exp(jnp.einsum("g,gbk->bk", u, G))
         t = scale_tree(tree, s, plan)
         mk = forward_kinematics(t, q).markers
-        return jnp.concatenate([(sw * (mk - z0)).reshape(-1), jnp.sqrt(reg) * u])
+        qc = full_coordinates(t, q)[:, c_idx]
+        return jnp.concatenate(
+            [
+                (sw * (mk - z0)).reshape(-1),
+                (jnp.sqrt(c_w) * (qc - c_tgt)).reshape(-1),
+                jnp.sqrt(reg) * u,
+            ]
+        )
 
     def clip(x):
         q = x[n_g:].reshape(T, -1)
@@ -470,7 +495,10 @@ def _lm_fit(tree, plan, G, base, x0, z, w, reg, lo, hi, clamp, iters):
         J = jax.jacfwd(resid)(x)
         A = J.T @ J
         g = J.T @ r
-        dx = -jnp.linalg.solve(A + mu * (jnp.diag(jnp.diag(A)) + 1e-12 * jnp.eye(A.shape[0])), g)
+        # Levenberg damping relative to the largest curvature: directions the markers do not
+        # observe (arm rotation with a straight elbow) get short steps and stay near the start
+        # (Marquardt's diag(A) scaling sent them far: 1 rad of pronation on a static trial)
+        dx = -jnp.linalg.solve(A + mu * jnp.max(jnp.diag(A)) * jnp.eye(A.shape[0]), g)
         xn = clip(x + dx)
         cn = jnp.sum(resid(xn) ** 2)
         better = cn < cost
@@ -494,6 +522,7 @@ def fit_scales(
     marker_weight=None,
     base_factors=None,
     q_init=None,
+    coord_tasks=None,
     reg: float = 1e-3,
     iters: int = 40,
 ) -> FitResult:
@@ -503,8 +532,12 @@ def fit_scales(
     Minimises ``sum_t,m w_m |fk_m(scale(tree, s), q_t) - z_tm|^2 + reg * sum_g u_g^2`` with
     ``s = base_factors * exp(sum_g u_g [body, axis in group g])`` by Levenberg-Marquardt (a
     dense Jacobian over ``n_group + T * n_indep`` unknowns: meant for a static trial or a few
-    frames of a dynamic one). Clamped coordinates stay within their ranges. ``q_init`` (T,
-    n_indep) defaults to the default pose; a start from IK helps (the CLI does that).
+    frames of a dynamic one), started from ``q_init`` (T, n_indep; default: the default
+    pose), so it finds the minimum nearest the start, as OpenSim's assembler does. Clamped
+    coordinates stay within their ranges. ``coord_tasks``: ``(coord_index (K,), weight (K,),
+    target (K,) or (T, K))`` over the full coordinates (as
+    :func:`simspine_jax.ik_setup.coordinate_task_arrays` gives them) add
+    ``weight (q - target)^2``. With no groups this is a local IK of every frame.
     """
     z = np.asarray(markers, np.float64)
     if z.ndim != 3 or z.shape[1:] != (tree.n_marker, 3):
@@ -527,6 +560,10 @@ def fit_scales(
     rng = np.asarray(tree.coord_range)[indep]
     clamp = np.asarray(tree.topology.coord_clamped)[indep]
     x0 = np.concatenate([np.zeros(len(groups)), np.asarray(q_init, np.float64).reshape(-1)])
+    if coord_tasks is None:
+        coord_tasks = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    c_idx, c_w, c_tgt = (np.asarray(a) for a in coord_tasks)
+    c_tgt = np.broadcast_to(c_tgt, (T, c_idx.size))
     dt = tree.dtype
     x, cost = _lm_fit(
         tree,
@@ -540,17 +577,24 @@ def fit_scales(
         jnp.asarray(rng[:, 0], dt),
         jnp.asarray(rng[:, 1], dt),
         jnp.asarray(clamp),
+        jnp.asarray(c_idx, np.int64),
+        jnp.asarray(c_w, dt),
+        jnp.asarray(c_tgt, dt),
         iters,
     )
     x = np.asarray(x, np.float64)
     u = x[: len(groups)]
     s = base * np.exp(np.einsum("g,gbk->bk", u, G))
-    n_obs = float(np.sum(w[None, :] * np.isfinite(z).all(-1)))
-    rms = math.sqrt(max(float(cost) - reg * float(u @ u), 0.0) / max(n_obs, 1e-300))
+    q = x[len(groups) :].reshape(T, tree.n_indep)
+    mk = np.asarray(forward_kinematics(scale_tree(tree, s), jnp.asarray(q, dt)).markers)
+    ok = np.isfinite(z).all(-1)
+    e2 = np.sum((np.where(ok[..., None], mk - z, 0.0)) ** 2, -1)
+    n_obs = float(np.sum(w[None, :] * ok))
+    rms = math.sqrt(float(np.sum(w[None, :] * e2)) / max(n_obs, 1e-300))
     return FitResult(
         factors=s,
         group_factors={grp.name: float(np.exp(u[g])) for g, grp in enumerate(groups)},
-        q=x[len(groups) :].reshape(T, tree.n_indep),
+        q=q,
         rms=rms,
         iterations=iters,
     )
@@ -865,10 +909,13 @@ def scale_subject(
             idx = np.linspace(rows.start, rows.stop - 1, fit_frames).round().astype(int)
             z = in_tree_order(np.asarray(trial.positions)[idx])
         # groups are fitted relative to the measurement factors (u = 0 there)
-        start = scale_tree(tree, sf.factors, plan)
-        from .ik import solve_ik
+        if len(z) == 1:  # a static pose: a local fit from the default pose (as the placer)
+            q0 = None
+        else:  # frames of a dynamic trial: start from IK
+            from .ik import solve_ik
 
-        q0 = np.asarray(solve_ik(start, z, options=ik_options).q)
+            start = scale_tree(tree, sf.factors, plan)
+            q0 = np.asarray(solve_ik(start, z, options=ik_options).q)
         fit = fit_scales(tree, z, groups, base_factors=sf.factors, q_init=q0, reg=reg)
         sf = ScaleFactors(tree.body_names, fit.factors, sf.measurements, sf.warnings)
     _check_couplers(tree, plan, sf.factors)
@@ -879,7 +926,7 @@ def scale_subject(
         if su.placer is None:
             raise InputError("the setup has no MarkerPlacer section", path=su.path)
         fixed = marker_fixed_flags(osim, markers)
-        placement = place_markers(scaled, su, trial, fixed, ik_options=ik_options)
+        placement = place_markers(scaled, su, trial, fixed)
         scaled = placement.tree
     out = Path(out)
     bodies = {b: sf.factors[i] for i, b in enumerate(tree.body_names) if b != "ground"}
