@@ -35,7 +35,9 @@ def register(sub) -> None:
         help="measurements (OpenSim's ScaleTool) or optimise (joint fit, from measurements)",
     )
     s.add_argument(
-        "--height", type=float, help="subject height where the setup lacks it (reported; OpenSim does not use it)"
+        "--height",
+        type=float,
+        help="subject height where the setup lacks it (reported; OpenSim does not use it)",
     )
     s.add_argument("--mass", type=float, help="subject mass (kg) where the setup lacks it")
     place = s.add_mutually_exclusive_group()
