@@ -283,3 +283,30 @@ def test_place_markers_moves_only_free_markers(case):
         np.asarray(pl.tree.marker_offset)[keep], np.asarray(tree.marker_offset)[keep]
     )
     assert pl.rms_after < pl.rms_before < 0.03
+
+
+def test_cli_scale(case, capsys):
+    """``simspine-jax scale`` writes the scaled .osim, its tree and a JSON summary; a bad setup
+    is a one-line error with exit code 2."""
+    import json
+
+    from simspine_jax.cli import main
+
+    tmp = case["tmp"]
+    out = tmp / "cli_scaled.osim"
+    rc = main(["scale", "--osim", str(ssj.default_osim_path()), "--static", str(case["trc"]),
+               "--setup", str(case["setup"]), "--markers", str(ssj.default_markers_path()),
+               "-o", str(out), "--mass", "70"])  # fmt: skip
+    assert rc == 0 and out.is_file() and out.with_suffix(".npz").is_file()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["mode"] == "measurements"
+    assert summary["factors"]["femur_r"] == list(case["res"].factors.as_dict()["femur_r"])
+    np.testing.assert_array_equal(
+        np.asarray(ssj.load_tree(out.with_suffix(".npz")).marker_offset),
+        np.asarray(case["res"].tree.marker_offset),
+    )
+    bad = tmp / "bad_setup.xml"
+    bad.write_text(case["setup"].read_text().replace("<scaling_order>", "<scaling_order>x "))
+    rc = main(["scale", "--osim", str(ssj.default_osim_path()), "--static", str(case["trc"]),
+               "--setup", str(bad), "-o", str(tmp / "never.osim")])  # fmt: skip
+    assert rc == 2 and "scaling_order" in capsys.readouterr().err
