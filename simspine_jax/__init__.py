@@ -27,6 +27,7 @@ from .fk import (
 )
 from .merging import ik_setup_xml, merge_markers, merge_trc_files
 from .model import KinematicTree, load_model, load_tree, save_tree, tree_from_export
+from .scaling import fit_scales, measurement_scale_factors, scale_subject, scale_tree
 from .skeletons import get_skeleton
 from .triangulation import (
     TriangulationResult,
@@ -52,6 +53,7 @@ __all__ = [
     "dlt_triangulate",
     "fill_gaps",
     "filter_trc",
+    "fit_scales",
     "forward_kinematics",
     "from_opensim_axes",
     "full_coordinates",
@@ -61,10 +63,13 @@ __all__ = [
     "load_model",
     "load_tree",
     "marker_positions",
+    "measurement_scale_factors",
     "merge_markers",
     "merge_trc_files",
     "read_osim",
     "save_tree",
+    "scale_subject",
+    "scale_tree",
     "to_opensim_axes",
     "tree_from_export",
     "triangulate",
