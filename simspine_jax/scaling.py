@@ -12,7 +12,8 @@ component's ``extendScale``; ``MarkerPlacer``), and what this module does the sa
   distance averaged over the frames of ``time_range`` (from the last frame at or before its
   start to the first frame at or after its end, OpenSim's ``MarkerData::findFrameRange``). A
   pair whose marker is missing from the model or the trial, or is NaN in a frame of the range,
-  makes the measurement NaN: it is skipped with a warning, as OpenSim does. The factor is
+  makes the measurement NaN: it is skipped with a warning, as OpenSim does (a setup without
+  ``time_range``, which OpenSim refuses, averages the whole trial here). The factor is
   written to the listed axes of each body of the measurement (a later measurement overwrites
   an earlier one). ``manualScale``: the applied ``Scale`` entries overwrite their body's three
   factors.
@@ -40,7 +41,11 @@ component's ``extendScale``; ``MarkerPlacer``), and what this module does the sa
   (a local Levenberg-Marquardt from the default pose, as OpenSim's assembler starts from it,
   with the weights and coordinate tasks of :mod:`simspine_jax.ik_setup`'s rules); each
   marker whose ``fixed`` is false is moved onto its averaged experimental position in its
-  body's frame. As in OpenSim, the model's default pose is not changed.
+  body's frame. As in OpenSim, the model's default pose is not changed. OpenSim's assembler
+  stops within its tolerance of the start (a static trial already close to the default pose
+  leaves the pose unchanged there); this solve runs to the least-squares optimum, so placed
+  markers can differ by that tolerance. ``max_marker_movement`` (OpenSim only warns) is not
+  checked.
 * **Optimisation** (:func:`fit_scales`): log scale factors of segment groups (by default one
   per measurement: its bodies and axes) and the pose of every frame fitted jointly to a static
   or dynamic trial by Levenberg-Marquardt through :func:`scale_tree` and the FK, with a penalty
