@@ -450,8 +450,24 @@ class ScaleGroup:
 
 
 def groups_from_setup(setup: ScaleSetup) -> tuple[ScaleGroup, ...]:
-    """One group per applied measurement (its bodies and axes)."""
-    return tuple(ScaleGroup(m.name, dict(m.bodies)) for m in setup.measurements if m.apply)
+    """One group per applied measurement (its bodies and axes). A body axis that several
+    measurements list belongs to the last of them, whose factor OpenSim keeps; a measurement
+    left without axes forms no group."""
+    owner: dict[tuple[str, int], str] = {}
+    applied = [m for m in setup.measurements if m.apply]
+    for m in applied:
+        for b, axes in m.bodies.items():
+            owner.update({(b, k): m.name for k in axes})
+    out = []
+    for m in applied:
+        bodies = {}
+        for b, axes in m.bodies.items():
+            mine = tuple(k for k in axes if owner[(b, k)] == m.name)
+            if mine:
+                bodies[b] = mine
+        if bodies:
+            out.append(ScaleGroup(m.name, bodies))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
