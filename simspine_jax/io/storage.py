@@ -13,7 +13,10 @@ Layout understood by :func:`read_storage`::
 
 ``nColumns``/``datacolumns`` count the time column (OpenSim's convention). A header row count
 that disagrees with the data is ignored (the rows are trusted); a column count that disagrees
-with the label row is an error.
+with the label row is an error. So are a file without data rows, time that is not finite or
+does not increase strictly, a finite value beyond :data:`STORAGE_MAX_ABS` (NaN and inf are
+read as written) and a last line without line end that is cut short; each error names the
+file, the line and the column.
 
 OpenSim quirk handled by :func:`write_storage`: OpenSim 4.6's ``Storage`` parses ``version=1``
 files with its legacy reader, which cannot read ``nan``/``inf`` and silently stops at the first

@@ -13,6 +13,13 @@ Layout (tab separated)::
 Missing coordinates are empty fields or ``nan``; rows may stop early (the trailing markers are
 then missing) or end in extra tabs. The header's ``NumFrames`` is not trusted: the rows are.
 
+Refused, each with the line and field (ambiguous or corrupt input is never guessed at): a
+space-separated row with fewer values than the header (the blank fields of its gaps cannot be
+located); a last line without line end that is cut short (fewer fields, or a value ending in
+``.``); time that repeats or goes back; ``inf`` or a coordinate beyond
+:data:`MAX_ABS_POSITION_M`; marker spans that do not fit the declared ``Units``
+(:data:`MAX_FRAME_SPAN_M`, e.g. millimetres labelled ``m`` or ``cm``).
+
 OpenSim quirks (TRCFileAdapter, 4.6), which this module follows so that both read a file into
 the same numbers:
 
