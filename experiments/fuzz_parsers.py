@@ -560,8 +560,9 @@ def check_npz_mutated(seed: str, ops) -> None:
     from simspine_jax.model import load_tree
 
     raw = mutate_npz(_npz_seed(seed), ops)
+    path = _file("m.npz", raw)
     try:
-        tree = load_tree(_file("m.npz", raw))
+        tree = load_tree(path)
     except InputError as e:
         msg = str(e)
         assert "\n" not in msg and "allow_pickle" not in msg
@@ -571,6 +572,10 @@ def check_npz_mutated(seed: str, ops) -> None:
     topo = tree.topology
     tables = (topo.levels, topo.marker_ancestor, topo.jacobian_entries, topo.active_axes)
     assert tables[1].shape == (tree.n_marker, tree.n_body)
+    # and so does `simspine-jax info`, which reads the meta JSON
+    from simspine_jax.cli import model_info
+
+    assert model_info(str(path)).startswith("model ")
     TALLY["read"] += 1
 
 

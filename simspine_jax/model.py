@@ -536,6 +536,9 @@ def _read_meta(raw: np.ndarray, path: str) -> dict:
                 f"{key}[{k}]",
                 f"an object with {', '.join(fields)}",
             )
+    for k, j in enumerate(meta["joints"]):
+        need(all(isinstance(c, str) for c in j["coordinates"]), f"joints[{k}].coordinates",
+             "a list of names")  # fmt: skip
     return meta
 
 
