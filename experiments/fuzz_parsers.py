@@ -5,7 +5,10 @@ Properties, each a hypothesis strategy plus a check function (tests/test_fuzz_pa
 the same ones with a small budget in CI; this script runs them with a large one):
 
 * ``*_roundtrip``: random valid data written by our writer reads back exactly (TRC in m, mm
-  and cm with gaps; Storage with NaN/inf; a kinematic tree with random geometry).
+  and cm with gaps; Storage with NaN/inf; a kinematic tree with random geometry);
+  ``osim_random``: a random valid model (1-4 bodies, every joint type, random ranges, flags,
+  offsets and markers) exports, and every number written in it reaches the loaded tree
+  exactly.
 * ``*_mutated``: a random valid file (or a shipped one) mutated by byte flips, truncation,
   deleted, duplicated and swapped lines, deleted and duplicated fields, swapped columns, odd
   numbers (1e308, nan, inf, 1e-320, '72.', '1_000', '0x10', Unicode digits...) and odd words,
@@ -371,6 +374,109 @@ def check_osim_mutated(seed: str, ops) -> None:
     TALLY["read"] += 1
 
 
+_N_COORDS = {
+    "WeldJoint": 0,
+    "PinJoint": 1,
+    "SliderJoint": 1,
+    "UniversalJoint": 2,
+    "GimbalJoint": 3,
+    "BallJoint": 3,
+    "FreeJoint": 6,
+}
+
+
+@st.composite
+def osim_model(draw):
+    """A random valid OpenSim 4 model: a tree of 1-4 bodies, each joined to ground or an
+    earlier body by a random joint type through a translated offset frame; coordinates with
+    random defaults, ranges and flags; markers fixed on random bodies. Returns (xml, spec)."""
+    num = st.floats(-10.0, 10.0, allow_nan=False, allow_infinity=False)
+    n_b = draw(st.integers(1, 4))
+    bodies, joints, coords, markers, parent_t = [], [], [], [], {}
+    for i in range(n_b):
+        parent = draw(st.sampled_from(["ground"] + bodies))
+        kind = draw(st.sampled_from(sorted(_N_COORDS)))
+        name = f"b{i}"
+        t = [draw(num) for _ in range(3)]
+        parent_t[name] = t
+        cxml = []
+        for k in range(_N_COORDS[kind]):
+            lo, hi = sorted([draw(num), draw(num)])
+            default, clamped, locked = draw(num), draw(st.booleans()), draw(st.booleans())
+            coords.append((f"q{i}_{k}", default, lo, hi, clamped, locked))
+            cxml.append(
+                f'<Coordinate name="q{i}_{k}"><default_value>{default!r}</default_value>'
+                f"<range>{lo!r} {hi!r}</range><clamped>{str(clamped).lower()}</clamped>"
+                f"<locked>{str(locked).lower()}</locked></Coordinate>"
+            )
+        psock = "/ground" if parent == "ground" else f"/bodyset/{parent}"
+        joints.append(
+            f'<{kind} name="j{i}"><socket_parent_frame>p</socket_parent_frame>'
+            f"<socket_child_frame>c</socket_child_frame>"
+            f"<coordinates>{''.join(cxml)}</coordinates><frames>"
+            f'<PhysicalOffsetFrame name="p"><socket_parent>{psock}</socket_parent>'
+            f"<translation>{' '.join(map(repr, t))}</translation>"
+            "<orientation>0 0 0</orientation></PhysicalOffsetFrame>"
+            f'<PhysicalOffsetFrame name="c"><socket_parent>/bodyset/{name}</socket_parent>'
+            "</PhysicalOffsetFrame></frames></" + kind + ">"
+        )
+        bodies.append(name)
+    for m in range(draw(st.integers(0, 4))):
+        loc = [draw(num) for _ in range(3)]
+        markers.append((f"m{m}", draw(st.sampled_from(bodies)), loc))
+    body_xml = [f'<Body name="{b}"><mass>1</mass></Body>' for b in draw(st.permutations(bodies))]
+    marker_xml = [
+        f'<Marker name="{m}"><socket_parent_frame>/bodyset/{b}</socket_parent_frame>'
+        f"<location>{' '.join(map(repr, loc))}</location></Marker>"
+        for m, b, loc in markers
+    ]
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8" ?>\n<OpenSimDocument Version="40000">'
+        '<Model name="random"><Ground name="ground"/>'
+        f"<BodySet><objects>{''.join(body_xml)}</objects></BodySet>"
+        f"<JointSet><objects>{''.join(joints)}</objects></JointSet>"
+        f"<MarkerSet><objects>{''.join(marker_xml)}</objects></MarkerSet>"
+        "</Model></OpenSimDocument>\n"
+    )
+    return xml, dict(coords=coords, markers=markers, parent_t=parent_t)
+
+
+def check_osim_random(model) -> None:
+    """A random valid model exports (or is refused only for having no coordinates), and every
+    number written in it reaches the loaded tree exactly."""
+    from simspine_jax.errors import ModelError
+    from simspine_jax.export import read_osim
+    from simspine_jax.model import load_tree, save_tree
+
+    xml, spec = model
+    try:
+        exported = read_osim(_file("random.osim", xml.encode()))
+    except ModelError as e:
+        assert not spec["coords"] and "no coordinates" in str(e), str(e)
+        TALLY["refused"] += 1
+        return
+    tree = load_tree(save_tree(exported, _TMP / "random.npz"))
+    names = [c[0] for c in spec["coords"]]
+    assert list(tree.coordinate_names) == names
+    assert list(tree.independent_names) == [c[0] for c in spec["coords"] if not c[5]]
+    np.testing.assert_array_equal(np.asarray(tree.coord_default), [c[1] for c in spec["coords"]])
+    np.testing.assert_array_equal(
+        np.asarray(tree.coord_range), np.array([c[2:4] for c in spec["coords"]]).reshape(-1, 2)
+    )
+    assert tree.topology.coord_clamped.tolist() == [c[4] for c in spec["coords"]]
+    assert tree.topology.coord_locked.tolist() == [c[5] for c in spec["coords"]]
+    assert list(tree.marker_names) == [m[0] for m in spec["markers"]]
+    assert list(tree.meta["marker_bodies"]) == [m[1] for m in spec["markers"]]
+    np.testing.assert_array_equal(
+        np.asarray(tree.marker_offset), np.array([m[2] for m in spec["markers"]]).reshape(-1, 3)
+    )
+    parent = tree.topology.body_parent
+    assert all(parent[i] < i for i in range(1, tree.n_body))
+    for i, b in enumerate(tree.body_names[1:], start=1):
+        np.testing.assert_array_equal(np.asarray(tree.joint_p_pf)[i], spec["parent_t"][b])
+    TALLY["read"] += 1
+
+
 # --------------------------------------------------------------------------------------------
 # IK setup
 # --------------------------------------------------------------------------------------------
@@ -620,6 +726,7 @@ PROPERTIES = {
     "trc_mutated": ((trc_data(), ops_strategy()), check_trc_mutated),
     "storage_roundtrip": ((storage_data(),), check_storage_roundtrip),
     "storage_mutated": ((storage_data(), ops_strategy()), check_storage_mutated),
+    "osim_random": ((osim_model(),), check_osim_random),
     "osim_mutated": ((st.sampled_from(OSIM_SEEDS), ops_strategy()), check_osim_mutated),
     "ik_setup_mutated": ((st.sampled_from(SETUP_SEEDS), ops_strategy()), check_ik_setup_mutated),
     "npz_mutated": ((st.sampled_from(NPZ_SEEDS), npz_ops_strategy()), check_npz_mutated),

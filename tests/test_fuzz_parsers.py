@@ -1,10 +1,11 @@
 """Fuzzed parsers (issue 9), a small CI budget of the properties in experiments/fuzz_parsers.py.
 
 Every parser (TRC, Storage, .osim, IK setup, .npz) given random valid files reads them back
-exactly, and given mutated ones (byte flips, truncation, deleted/duplicated/swapped lines and
-fields, swapped columns, odd numbers and words; for the .npz odd entries, dtypes, shapes,
-indices and meta JSON) returns a result that satisfies the format's invariants or raises our
-InputError, never another exception. ``derandomize``: the same examples on every run, so CI is
+exactly (a random .osim: every number written reaches the loaded tree), and given mutated
+ones (byte flips, truncation, deleted/duplicated/swapped lines and fields, swapped columns,
+odd numbers and words; for the .npz odd entries, dtypes, shapes, indices and meta JSON)
+returns a result that satisfies the format's invariants or raises our InputError, never
+another exception. ``derandomize``: the same examples on every run, so CI is
 reproducible; ``python experiments/fuzz_parsers.py`` explores thousands of fresh ones.
 """
 
@@ -36,6 +37,7 @@ BUDGET = {
     "trc_mutated": 60,
     "storage_roundtrip": 40,
     "storage_mutated": 60,
+    "osim_random": 40,
     "osim_mutated": 60,
     "ik_setup_mutated": 60,
     "npz_mutated": 60,
