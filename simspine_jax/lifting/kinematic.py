@@ -68,11 +68,19 @@ def rotation_6d(a: jax.Array) -> jax.Array:
     return jnp.stack([b1, b2, b3], axis=-1)
 
 
+# 6D start of the pelvis -> camera rotation: columns R e_x = (0, 0, -1), R e_y = (0, -1, 0)
+_UPRIGHT_6D = (0.0, 0.0, -1.0, 0.0, -1.0, 0.0)
+
+
 class KinematicHead(nn.Module):
     """Trunk + linear head. Shape: (B, F) -> raw coordinates (B, n_free), 6D (B, 6), scale (B,).
 
     The head starts from a small kernel and biases that give the model's default pose (clipped
-    inside its range), the identity orientation and scale 1.
+    inside its range), scale 1 and the orientation of a person upright before an upright camera
+    facing it (image y points down: pelvis up -> camera -y, pelvis forward -> camera -z). The
+    identity start put the up axis antipodal to every target, through Gram-Schmidt's singular
+    point: a 2,000-step run stalled at a keypoint loss of 1.5 with MPJPE 151 mm against
+    P-MPJPE 27 mm (its orientations were wrong).
     """
 
     n_free: int
@@ -84,7 +92,7 @@ class KinematicHead(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         h = MLPTrunk(self.hidden, self.blocks, self.dropout)(x, train=train)
-        bias0 = np.concatenate([np.asarray(self.bias_q), [1, 0, 0, 0, 1, 0], [0.0]])
+        bias0 = np.concatenate([np.asarray(self.bias_q), _UPRIGHT_6D, [0.0]])
         out = nn.Dense(
             self.n_free + 7,
             kernel_init=nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal"),
