@@ -103,7 +103,7 @@ def _child_text(el: ET.Element, tag: str) -> str | None:
     return c.text.strip()
 
 
-def _float(text: str, path: str, field: str) -> float:
+def _float(text: str, path: str, field: str, line: int | None = None) -> float:
     t = text.strip()
     low = t.lower()
     if low in ("inf", "+inf", "infinity"):
@@ -111,13 +111,15 @@ def _float(text: str, path: str, field: str) -> float:
     try:
         v = float(t)
     except ValueError:
-        raise InputError(f"expected a number, got {text!r}", path=path, field=field) from None
+        raise InputError(
+            f"expected a number, got {text!r}", path=path, line=line, field=field
+        ) from None
     if math.isnan(v):
-        raise InputError("NaN is not a valid value", path=path, field=field)
+        raise InputError("NaN is not a valid value", path=path, line=line, field=field)
     return v
 
 
-def _bool(text: str | None, default: bool, path: str, field: str) -> bool:
+def _bool(text: str | None, default: bool, path: str, field: str, line: int | None = None) -> bool:
     if text is None or text == "":
         return default
     low = text.strip().lower()
@@ -125,7 +127,7 @@ def _bool(text: str | None, default: bool, path: str, field: str) -> bool:
         return True
     if low in ("false", "0"):
         return False
-    raise InputError(f"expected true or false, got {text!r}", path=path, field=field)
+    raise InputError(f"expected true or false, got {text!r}", path=path, line=line, field=field)
 
 
 def _file_name(text: str | None) -> str | None:
@@ -134,16 +136,46 @@ def _file_name(text: str | None) -> str | None:
     return text.strip()
 
 
-def _parse_xml(path: str) -> ET.Element:
+def _parse_xml(path: str) -> tuple[ET.Element, dict[int, int]]:
+    """The document's root and the line each element starts on (``{id(element): line}``, for
+    errors; empty when the lines cannot be told)."""
     try:
-        return ET.parse(path).getroot()
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read IK setup file: {e.strerror or e}", path=path) from None
+    try:
+        root = ET.fromstring(raw)
     except ET.ParseError as e:
         line = e.position[0] if getattr(e, "position", None) else None
         raise InputError(f"malformed XML: {e}", path=path, line=line) from None
     except (LookupError, ValueError) as e:  # an unknown or unusable encoding declaration
         raise InputError(f"cannot decode the XML: {e}", path=path) from None
-    except OSError as e:
-        raise InputError(f"cannot read IK setup file: {e.strerror or e}", path=path) from None
+    return root, _element_lines(raw, root)
+
+
+def _element_lines(raw: bytes, root: ET.Element) -> dict[int, int]:
+    """Start lines of the elements of ``root`` (parsed from ``raw``), by a second expat pass:
+    expat reports elements in document order, as ``root.iter()`` yields them."""
+    from xml.parsers import expat
+
+    starts: list[int] = []
+    parser = expat.ParserCreate()
+    parser.StartElementHandler = lambda tag, attrs: starts.append(parser.CurrentLineNumber)
+    try:
+        parser.Parse(raw, True)
+    except (expat.ExpatError, LookupError, ValueError):
+        return {}
+    elements = list(root.iter())
+    if len(elements) != len(starts):
+        return {}
+    return {id(el): n for el, n in zip(elements, starts, strict=True)}
+
+
+def _line(lines: dict[int, int], el: ET.Element | None, tag: str | None = None) -> int | None:
+    """The line of ``el`` (or of its child ``tag``), if known."""
+    if el is not None and tag is not None:
+        el = el.find(tag)
+    return None if el is None else lines.get(id(el))
 
 
 def _find_tool(root: ET.Element, path: str) -> ET.Element:
@@ -159,51 +191,62 @@ def _find_tool(root: ET.Element, path: str) -> ET.Element:
     return tool
 
 
-def _task_objects(tool: ET.Element, path: str) -> tuple[list[ET.Element], str]:
-    """The task elements of ``<IKTaskSet>`` (inline or in the file its ``file`` attribute names)."""
+def _task_objects(tool: ET.Element, path: str, lines: dict[int, int]):
+    """The task elements of ``<IKTaskSet>`` (inline or in the file its ``file`` attribute
+    names), that file's path and the elements' lines."""
     ts = tool.find("IKTaskSet")
     if ts is None:
-        return [], path
+        return [], path, lines
     src = path
     ref = ts.get("file")
     if ref and ref.strip().lower() not in _UNASSIGNED:
         src = str((Path(path).resolve().parent / ref).resolve())
-        root = _parse_xml(src)
+        root, lines = _parse_xml(src)
         ts = root if root.tag == "IKTaskSet" else root.find("IKTaskSet")
         if ts is None:
             raise InputError("no <IKTaskSet> element in the task set file", path=src)
     objs = ts.find("objects")
     if objs is None:
-        return [], src
-    return list(objs), src
+        return [], src, lines
+    return list(objs), src, lines
 
 
 def read_ik_setup(path: str | Path) -> IKSetup:
     """Parse an OpenSim ``InverseKinematicsTool`` setup file. Raises :class:`InputError`."""
     path = str(path)
-    tool = _find_tool(_parse_xml(path), path)
+    root, lines = _parse_xml(path)
+    tool = _find_tool(root, path)
 
     acc_t = _child_text(tool, "accuracy")
-    accuracy = 1e-5 if not acc_t else _float(acc_t, path, "accuracy")
+    at = _line(lines, tool, "accuracy")
+    accuracy = 1e-5 if not acc_t else _float(acc_t, path, "accuracy", at)
     if not accuracy > 0 or math.isinf(accuracy):
         raise InputError(
-            f"accuracy must be a positive number, got {acc_t!r}", path=path, field="accuracy"
+            f"accuracy must be a positive number, got {acc_t!r}",
+            path=path,
+            line=at,
+            field="accuracy",
         )
     cw_t = _child_text(tool, "constraint_weight")
-    constraint_weight = math.inf if not cw_t else _float(cw_t, path, "constraint_weight")
+    cw_at = _line(lines, tool, "constraint_weight")
+    constraint_weight = math.inf if not cw_t else _float(cw_t, path, "constraint_weight", cw_at)
 
     time_range = None
     tr_t = _child_text(tool, "time_range")
     if tr_t:
+        at = _line(lines, tool, "time_range")
         parts = tr_t.split()
         if len(parts) != 2:
             raise InputError(
-                f"expected two numbers (start end), got {tr_t!r}", path=path, field="time_range"
+                f"expected two numbers (start end), got {tr_t!r}",
+                path=path,
+                line=at,
+                field="time_range",
             )
-        t0, t1 = (_float(p, path, "time_range") for p in parts)
+        t0, t1 = (_float(p, path, "time_range", at) for p in parts)
         if not t1 >= t0:
             raise InputError(
-                f"end time {t1} is before start time {t0}", path=path, field="time_range"
+                f"end time {t1} is before start time {t0}", path=path, line=at, field="time_range"
             )
         time_range = (t0, t1)
 
@@ -211,28 +254,32 @@ def read_ik_setup(path: str | Path) -> IKSetup:
     coord_tasks: list[CoordinateTask] = []
     seen: set[tuple[str, str]] = set()
     disabled: list[str] = []
-    objs, src = _task_objects(tool, path)
+    objs, src, task_lines = _task_objects(tool, path, lines)
     for el in objs:
+        at = _line(task_lines, el)
         if el.tag not in ("IKMarkerTask", "IKCoordinateTask"):
             raise InputError(
                 f"unknown task type <{el.tag}> (expected IKMarkerTask or IKCoordinateTask)",
                 path=src,
+                line=at,
                 field="IKTaskSet",
             )
         name = (el.get("name") or "").strip()
         if not name:
-            raise InputError(f"<{el.tag}> without a name", path=src, field="IKTaskSet")
+            raise InputError(f"<{el.tag}> without a name", path=src, line=at, field="IKTaskSet")
         field = f"{el.tag} {name}"
         if (el.tag, name) in seen:
-            raise InputError("task is listed twice", path=src, field=field)
+            raise InputError("task is listed twice", path=src, line=at, field=field)
         seen.add((el.tag, name))
-        if not _bool(_child_text(el, "apply"), True, src, f"{field}/apply"):
+        apply_at = _line(task_lines, el, "apply")
+        if not _bool(_child_text(el, "apply"), True, src, f"{field}/apply", apply_at):
             disabled.append(name)
             continue
         w_t = _child_text(el, "weight")
         # a negative or infinite weight is refused where the task is used (marker_weight_vector,
         # coordinate_task_arrays): OpenSim runs a setup whose skipped tasks have one
-        weight = 0.0 if not w_t else _float(w_t, src, f"{field}/weight")
+        w_at = _line(task_lines, el, "weight")
+        weight = 0.0 if not w_t else _float(w_t, src, f"{field}/weight", w_at)
         if el.tag == "IKMarkerTask":
             marker_weights[name] = weight
             continue
@@ -241,10 +288,12 @@ def read_ik_setup(path: str | Path) -> IKSetup:
             raise InputError(
                 f"value_type {vt!r} is not one of {', '.join(VALUE_TYPES)}",
                 path=src,
+                line=_line(task_lines, el, "value_type"),
                 field=f"{field}/value_type",
             )
         v_t = _child_text(el, "value")
-        value = 0.0 if not v_t else _float(v_t, src, f"{field}/value")
+        v_at = _line(task_lines, el, "value")
+        value = 0.0 if not v_t else _float(v_t, src, f"{field}/value", v_at)
         coord_tasks.append(CoordinateTask(name, weight, vt, value))
 
     return IKSetup(
@@ -258,9 +307,19 @@ def read_ik_setup(path: str | Path) -> IKSetup:
         path=path,
         coordinate_file=_file_name(_child_text(tool, "coordinate_file")),
         constraint_weight=constraint_weight,
-        report_errors=_bool(_child_text(tool, "report_errors"), True, path, "report_errors"),
+        report_errors=_bool(
+            _child_text(tool, "report_errors"),
+            True,
+            path,
+            "report_errors",
+            _line(lines, tool, "report_errors"),
+        ),
         report_marker_locations=_bool(
-            _child_text(tool, "report_marker_locations"), False, path, "report_marker_locations"
+            _child_text(tool, "report_marker_locations"),
+            False,
+            path,
+            "report_marker_locations",
+            _line(lines, tool, "report_marker_locations"),
         ),
         results_directory=_file_name(_child_text(tool, "results_directory")),
         disabled_tasks=tuple(disabled),
