@@ -12,9 +12,11 @@ cervical, spine = the 15, and for ``body37`` also ``body`` = the other 22 and ``
 Validity (:func:`validity`): ``bone_length_cv`` (coefficient of variation of each skeleton
 bone's length over a test subject's samples, averaged over bones and subjects, for the
 prediction and the ground truth; ``rigid`` = bones whose two keypoints sit on one body of the
-model), ``lumbar_coupling`` (error of the three angles between consecutive lumbar segments
-Hip-Spine_01-Spine_02-Spine_03-Spine_04, degrees) and ``limit_violations`` (predicted model
-coordinates outside their ranges; a plain lifter predicts none, so ``null``).
+model; ``rigid_scale_free`` = the same after dividing each sample's lengths by their mean, 0 for
+a skeleton of fixed shape at any scale), ``lumbar_coupling`` (error of the three angles between
+consecutive lumbar segments Hip-Spine_01-Spine_02-Spine_03-Spine_04, degrees) and
+``limit_violations`` (predicted model coordinates outside their ranges; a plain lifter predicts
+none, so ``null``).
 
 Metric functions come from :mod:`simspine_jax.metrics`.
 """
@@ -76,12 +78,19 @@ def _region_tables(pred, gt, valid, names) -> tuple[dict, dict]:
     return mm, pmm
 
 
-def _bone_cv(x: np.ndarray, subject: np.ndarray, pairs: list[tuple[int, int]]) -> float:
-    """Mean over bones and subjects of std / mean of the bone length. Shape: x (N, J, 3)."""
+def _bone_cv(
+    x: np.ndarray, subject: np.ndarray, pairs: list[tuple[int, int]], scale_free: bool = False
+) -> float:
+    """Mean over bones and subjects of std / mean of the bone length. Shape: x (N, J, 3).
+
+    ``scale_free``: each sample's lengths divided by their mean first (proportions only).
+    """
     if not pairs:
         return float("nan")
     c, p = np.array(pairs).T
     length = np.linalg.norm(x[:, c] - x[:, p], axis=-1)  # (N, B)
+    if scale_free:
+        length = length / np.maximum(length.mean(-1, keepdims=True), 1e-12)
     cvs = []
     for s in np.unique(subject):
         ls = length[subject == s]
@@ -115,6 +124,8 @@ def validity(pred, gt, names, subject, coordinates=None, limits=None) -> dict:
             "ground_truth": _bone_cv(gt, subject, pairs),
             "rigid_prediction": _bone_cv(pred, subject, rigid),
             "rigid_ground_truth": _bone_cv(gt, subject, rigid),
+            # proportions of the rigid bones: 0 for a skeleton of fixed shape at any scale
+            "rigid_scale_free_prediction": _bone_cv(pred, subject, rigid, scale_free=True),
             "bones": len(pairs),
             "rigid_bones": len(rigid),
         }
