@@ -3,7 +3,7 @@ SimSpine model's markers; prints one JSON line per setup and variant.
 
 For each setup: OpenSim scales the default model with known factors (one random factor per
 measurement group, uniform XYZ: the "truth"); our FK puts the truth model's markers at its
-default pose plus a random pelvis translation; ``--noise`` m Gaussian noise on ``--frames``
+default pose, shifted by ``--offset`` m; ``--noise`` m Gaussian noise on ``--frames``
 frames makes the static TRC. Then, on the generic model:
 
 * ``measurements``: OpenSim's ScaleTool and :func:`simspine_jax.scaling.scale_subject` on
@@ -62,6 +62,7 @@ def write_setup(template, dst, osim, markers, trc, out, scale_file, time_range, 
     mp.find("marker_file").text = trc.name
     mp.find("time_range").text = time_range
     mp.find("output_model_file").text = out.name
+    mp.find("output_motion_file").text = out.stem + "_static.mot"
     doc.write(dst)
 
 
@@ -71,6 +72,35 @@ def unfixed_markers(src, dst, names):
         if m.get("name") in names:
             m.find("fixed").text = "false"
     doc.write(dst)
+
+
+def placer_costs(osim, markers, res, su, trc, os_mot) -> dict:
+    """The placer's IK objective (weighted squared marker errors + coordinate tasks, on the
+    scaled model before placement) at OpenSim's static pose and at ours."""
+    from simspine_jax.ik_setup import coordinate_task_arrays, marker_weight_vector
+    from simspine_jax.io import read_storage, read_trc
+
+    scaled = sc.scale_tree(tree_from_export(read_osim(osim, markers=markers)), res.factors.factors)
+    w, _ = marker_weight_vector(su.placer.ik, scaled, scaled.marker_names)
+    ci, cw, ct = coordinate_task_arrays(su.placer.ik, scaled, times=np.array([0.0]))
+    avg = sc.average_static(read_trc(trc), su.placer.time_range)
+    st = read_storage(os_mot)
+    q_os = np.array([st.values[0, next(k for k, lab in enumerate(st.labels)
+                                       if lab.endswith(f"/{c}/value"))]
+                     for c in scaled.coordinate_names])  # fmt: skip
+    q_ours = np.asarray(ssj.full_coordinates(scaled, jnp.asarray(res.placement.q)))
+    idx = scaled.topology.indep_coord
+
+    def cost(qf):
+        mk = np.asarray(ssj.marker_positions(scaled, jnp.asarray(qf[idx])))
+        e = np.where(np.isfinite(avg), mk - avg, 0.0)
+        return float(np.sum(w * np.sum(e**2, -1)) + np.sum(cw * (qf[ci] - ct) ** 2))
+
+    return dict(
+        placer_cost_opensim=cost(q_os),
+        placer_cost_ours=cost(q_ours),
+        static_pose_dq_max=float(np.abs(q_os - q_ours).max()),
+    )
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -92,7 +122,10 @@ def run_setup(template: Path, args, tmp: Path) -> list[dict]:
     q_def = np.asarray(t_truth.coord_default)[t_truth.topology.indep_coord]
     base = np.asarray(ssj.marker_positions(t_truth, jnp.asarray(q_def)))
     T = args.frames
-    pos = base[None] + rng.normal(0, args.noise, (T, t_truth.n_marker, 3))
+    # the subject stands --offset m away from the model's default position, so the placer's
+    # IK has work to do (OpenSim's assembler leaves a pose it finds within its tolerance)
+    shift = np.array([args.offset, 0.0, 0.5 * args.offset])
+    pos = base[None] + shift + rng.normal(0, args.noise, (T, t_truth.n_marker, 3))
     trc = write_trc(tmp / "static.trc", t_truth.marker_names, np.arange(T) / 60.0, pos, units="mm")
     tr = f" 0 {(T - 1) / 60.0!r}"
     q_ik = q_def + rng.normal(0, 0.15, (args.ik_frames, t_truth.n_indep))
@@ -131,6 +164,7 @@ def run_setup(template: Path, args, tmp: Path) -> list[dict]:
             variant=variant,
             frames=T,
             noise_m=args.noise,
+            offset_m=args.offset,
             ours_s=round(ours_s, 2),
             opensim_child_s=round(os_s, 2),
             truth_factor_err_max=max(abs(ours_f[b][0] - f[0]) for b, f in truth.items()),
@@ -159,6 +193,9 @@ def run_setup(template: Path, args, tmp: Path) -> list[dict]:
                 line["ik_dq_max"] = float(np.abs(ra.q - rb.q).max())
                 line["ik_rms_diff_max_m"] = float(np.abs(ra.rms_error - rb.rms_error).max())
         if res.placement is not None:
+            line.update(
+                placer_costs(osim, markers, res, su, trc, tmp / f"{os_out.stem}_static.mot")
+            )
             line["placed"] = len(res.placement.moved)
             line["static_rms_before_m"] = res.placement.rms_before
             line["static_rms_after_m"] = res.placement.rms_after
@@ -175,6 +212,7 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.002)
     ap.add_argument("--ik-frames", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--offset", type=float, default=0.05, help="subject position offset, m")
     ap.add_argument("--only", help="run only setups whose name contains this")
     args = ap.parse_args()
     tree = ssj.load_model(ssj.default_model_path())
