@@ -166,6 +166,29 @@ def test_scale_tree_matches_written_osim():
     with tempfile.TemporaryDirectory() as d:
         out = sc.write_scaled_osim(osim, Path(d) / "s.osim", f, markers=mk)
         written = tree_from_export(read_osim(out))
+        # everything else is kept: element counts as in the source (+ the markers merged in,
+        # + a MultiplierFunction wrapping each scaled translation function not yet wrapped)
+        from collections import Counter
+
+        src = Counter(e.tag for e in ET.parse(osim).getroot().iter())
+        got = Counter(e.tag for e in ET.parse(out).getroot().iter())
+        n_mk = len(ET.parse(mk).getroot().findall(".//Marker"))
+        assert got["Marker"] == src["Marker"] + n_mk
+        new = got["MultiplierFunction"] - src["MultiplierFunction"]
+        assert new > 0 and got["function"] - src["function"] == new
+        for tag in set(src) | set(got):
+            if tag not in (
+                "Marker",
+                "MultiplierFunction",
+                "function",
+                "scale",
+                "location",
+                "socket_parent_frame",
+                "fixed",
+                "objects",
+                "MarkerSet",
+            ):
+                assert got[tag] == src[tag], tag  # fmt: skip
     scaled = sc.scale_tree(tree, f)
     q = rng.normal(0, 0.3, (4, tree.n_indep))
     a, b = ssj.forward_kinematics(scaled, q), ssj.forward_kinematics(written, q)
