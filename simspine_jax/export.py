@@ -88,6 +88,8 @@ def _name(el: ET.Element, what: str, path: str) -> str:
     name = (el.get("name") or "").strip()
     if not name:
         raise ModelError(f"a <{el.tag}> {what} has no name attribute", path=path)
+    if any(c in name for c in "\t\r\n"):
+        raise ModelError(f"<{el.tag}> {what} name {name!r} holds a tab or line break", path=path)
     return name
 
 
@@ -373,7 +375,7 @@ class _Resolver:
         for c in cand:
             if c in self.elements:
                 return self.frame(c)
-        raise ModelError(f"{who}: cannot find frame '{rel}'", path=self.path)
+        raise ModelError(f"{who}: cannot find frame {rel!r}", path=self.path)
 
     def frame(self, p: str) -> _Frame:
         if p in self.cache:
@@ -720,7 +722,7 @@ def read_osim(path: str | Path, markers: str | Path | None = None) -> ExportedMo
             fr = res.lookup(f"/markerset/{mname}", sock, f"marker '{mname}'")
         except ModelError:
             raise ModelError(
-                f"marker '{mname}': parent frame '{sock}' is not in model {path}",
+                f"marker '{mname}': parent frame {sock!r} is not in model {path}",
                 path=marker_src,
                 field=mname,
             ) from None

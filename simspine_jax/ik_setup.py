@@ -265,6 +265,13 @@ def read_ik_setup(path: str | Path) -> IKSetup:
                 field="IKTaskSet",
             )
         name = (el.get("name") or "").strip()
+        if any(c in name for c in "\t\r\n"):
+            raise InputError(
+                f"<{el.tag}> name {name!r} holds a tab or line break",
+                path=src,
+                line=at,
+                field="IKTaskSet",
+            )
         if not name:
             raise InputError(f"<{el.tag}> without a name", path=src, line=at, field="IKTaskSet")
         field = f"{el.tag} {name}"

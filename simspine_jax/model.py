@@ -686,7 +686,7 @@ def replace_markers(tree: KinematicTree, markers: str | Path) -> KinematicTree:
         sock = (_text(m, "socket_parent_frame") or "").split("/")[-1]
         if sock not in bset:
             raise ModelError(
-                f"marker '{name}': body '{sock}' is not in the model (only markers fixed "
+                f"marker '{name}': body {sock!r} is not in the model (only markers fixed "
                 "directly on bodies can be swapped into an exported tree; export the .osim "
                 "with --markers instead)",
                 path=str(markers),

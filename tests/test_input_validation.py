@@ -503,3 +503,19 @@ def test_osim_huge_axis_is_normalised_without_overflow(tmp_path):
     p = _osim(tmp_path, "<axis>0 0 1</axis>", "<axis>1e308 1e308 0</axis>")
     tree = load_tree(save_tree(read_osim(p), tmp_path / "m.npz"))
     np.testing.assert_allclose(np.asarray(tree.joint_axes)[2, 0], [0.5**0.5, 0.5**0.5, 0])
+
+
+def test_names_with_line_breaks_keep_errors_on_one_line(tmp_path):
+    # '&#10;' puts a real line break into an XML attribute: refused, shown escaped
+    from simspine_jax.export import read_osim
+    from simspine_jax.ik_setup import read_ik_setup
+
+    with pytest.raises(ModelError) as ei:
+        read_osim(_osim(tmp_path, '<Marker name="tip">', '<Marker name="t&#10;ip">'))
+    assert "\n" not in str(ei.value) and "line break" in str(ei.value)
+    p = tmp_path / "s.xml"
+    p.write_text(
+        "<InverseKinematicsTool><IKTaskSet><objects><IKMarkerTask name='a&#13;b'>"
+        "<apply>maybe</apply></IKMarkerTask></objects></IKTaskSet></InverseKinematicsTool>"
+    )
+    assert "line break" in str(_raises(read_ik_setup, p))
