@@ -113,6 +113,8 @@ ODD_WORDS = (
     "&amp;",
     "x" * 300,
     "\u00e9\u00e8",
+    "a&#10;b",  # a line break inside a name or value
+    "&#9;",
 )
 _NUMBER = re.compile(rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf", re.IGNORECASE)
 _WORD = re.compile(rb"(?<=>)[A-Za-z_][\w./-]*(?=<)|(?<=\")[A-Za-z_][\w./-]*(?=\")")
