@@ -966,5 +966,20 @@ def scale_subject(
         marker_offsets=offsets,
         delete_markers=placement.deleted if placement is not None else (),
     )
-    npz = save_tree(scaled, out.with_suffix(".npz"))
-    return ScaleResult(sf, scaled, out, npz, mode, placement, fit, tuple(notes))
+    # the tree saved and returned is the written model's own export (its name, source and
+    # digest); it must match the tree scaled in memory (they differ only where the tree
+    # cannot be exact: see the module doc), and body_scale stays 1 on bodies without geometry
+    final = tree_from_export(read_osim(out))
+    if final.marker_names == scaled.marker_names:
+        worst = max(
+            float(np.max(np.abs(np.asarray(getattr(final, k)) - np.asarray(getattr(scaled, k)))))
+            for k in ("joint_p_pf", "joint_p_cm", "func_y", "func_b", "marker_offset")
+        )
+        if worst > 1e-9:
+            notes.append(
+                f"the tree scaled in memory differs from the written model by {worst:.3g} m "
+                "(offset frames rotated in their body with non-uniform factors); the written "
+                ".osim and its .npz follow OpenSim"
+            )
+    npz = save_tree(final, out.with_suffix(".npz"))
+    return ScaleResult(sf, final, out, npz, mode, placement, fit, tuple(notes))

@@ -147,8 +147,10 @@ def test_ik_on_both_scaled_models_agrees(case):
     for t in range(len(q)):  # one frame per call: the program the placement test uses too
         ra = sc.fit_scales(ours, z[t : t + 1], (), q_init=start[t : t + 1], iters=60)
         rb = sc.fit_scales(theirs, z[t : t + 1], (), q_init=start[t : t + 1], iters=60)
-        assert np.abs(ra.q - rb.q).max() < 1e-6
-        assert abs(ra.rms - rb.rms) < 1e-8
+        # same objective to 1e-12 m; q to 1e-5 rad (measured 1e-6 on weakly observed
+        # coordinates, which a fixed count of LM iterations leaves not fully converged)
+        assert np.abs(ra.q - rb.q).max() < 1e-5
+        assert abs(ra.rms - rb.rms) < 1e-12
         assert ra.rms < 0.02  # a real fit: the scaled model differs from the truth by cm
 
 
