@@ -63,6 +63,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # factors and the written model in float64
     from ..scaling import scale_subject
 
     res = scale_subject(
