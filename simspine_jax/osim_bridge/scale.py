@@ -34,7 +34,9 @@ def _factors(
             f = (f, f, f)
         f = tuple(float(v) for v in f)
         if len(f) != 3 or min(f) <= 0:
-            raise ModelError(f"body '{b}': scale factors must be 3 positive numbers, got {f}", path=path)
+            raise ModelError(
+                f"body '{b}': scale factors must be 3 positive numbers, got {f}", path=path
+            )
         out[b] = f
     return out
 
