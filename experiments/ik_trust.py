@@ -61,6 +61,8 @@ carries (null where a value does not apply, e.g. OpenSim's with ``--no-opensim``
   compiling one; ``compile_s`` is the first call minus that) and ``opensim_frames_per_s``
   (frames / ``tool.run()`` seconds; from the cache when ``opensim_cached``).
   ``truth_rms_deg_core`` / ``opensim_truth_rms_deg_core``: error against the true motion.
+  ``jump_deg_p50`` / ``jump_deg_p90`` (and ``opensim_``): continuity, the median and 90th
+  percentile over neighbouring-frame pairs of the largest change of a rotational coordinate.
 * ``smooth``: one per smoothed trial: ``truth_rms_deg_core`` (ours smoothed),
   ``opensim_truth_rms_deg_core``, ``truth_rms_deg_core_lambda0`` (ours unsmoothed),
   ``truth_ratio`` (smoothed ours / OpenSim), ``truth_rms_per_coordinate`` (both sides; degrees,
@@ -407,6 +409,29 @@ def run_opensim(args, spec, trc, time_range, ms: MarkerSet, osim: Path, out: Pat
 
 
 # ----------------------------------------------------------------------------- measures
+def _jumps(tree, q) -> tuple[float | None, float | None]:
+    """Continuity at lambda = 0: per pair of neighbouring frames, the largest change of any
+    rotational independent coordinate (degrees); its median and 90th percentile over the
+    trial. Weakly observed coordinates (forearm pronation, arm rotation) dominate it: OpenSim's
+    sequential IK leaves them near the previous frame's value, a solver that wanders along
+    flat valleys makes them jump between frames."""
+    import numpy as np
+
+    rot = [
+        i
+        for i, n in enumerate(tree.independent_names)
+        if tree.meta["coordinates"][tree.coordinate_names.index(n)]["motion_type"]
+        != "translational"
+    ]
+    q = np.asarray(q)[:, rot]
+    d = np.abs(np.diff(q, axis=0))
+    ok = np.all(np.isfinite(d), axis=1)
+    if not np.any(ok):
+        return None, None
+    j = np.degrees(np.max(d[ok], axis=1))
+    return float(np.median(j)), float(np.quantile(j, 0.9))
+
+
 def _core_indices(tree) -> tuple[list[int], list[int]]:
     """Independent-coordinate columns of the core: (rotational, translational)."""
     rot, trans = [], []
@@ -755,6 +780,10 @@ def main(argv=None) -> int:
                 opensim_accuracy=None,
                 truth_rms_deg_core=truth["deg_core"],
                 opensim_truth_rms_deg_core=None,
+                jump_deg_p50=_jumps(tree, res.q)[0],
+                jump_deg_p90=_jumps(tree, res.q)[1],
+                opensim_jump_deg_p50=None,
+                opensim_jump_deg_p90=None,
                 truth_rms_mm_pelvis=truth["mm_pelvis"],
                 opensim_truth_rms_mm_pelvis=None,
                 load_avg=_load_avg(),
@@ -778,6 +807,8 @@ def main(argv=None) -> int:
                     opensim_cached=bool(ref["cached"]),
                     opensim_accuracy=float(ref["accuracy"]),
                     opensim_truth_rms_deg_core=ref_truth["deg_core"],
+                    opensim_jump_deg_p50=_jumps(tree, q_ref)[0],
+                    opensim_jump_deg_p90=_jumps(tree, q_ref)[1],
                     opensim_truth_rms_mm_pelvis=ref_truth["mm_pelvis"],
                 )
             emit(rec)
