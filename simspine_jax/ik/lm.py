@@ -17,22 +17,25 @@ Stop tests, all on points actually reached (an accepted step, or a start's own e
 
 * stationary: the decrease the Gauss-Newton model still promises on the free coordinates,
   g_F' (H_FF + ridge)^-1 g_F (a projected-gradient measure in the metric of the normal
-  matrix), is at most ``tol_cost`` x cost + ``fit_cost``;
+  matrix; the ridge follows the residual: "Weakly observed directions" below), is at most
+  ``tol_cost`` x cost;
 * fitted: the cost is at most ``fit_cost`` (a weighted RMS marker error of ``tol_marker``);
 * stalled (reported apart): a rejected step with the damping past ``MU_MAX``.
 
-Weakly observed directions. A direction whose curvature is below ``PROMISE_RIDGE`` (1e-4) of
-the largest one (sensitivity 100x worse than the best-observed coordinate: forearm pronation
-from a wrist marker, arm rotation from elbow and wrist) counts as converged for the
-stationarity test, and the damping never falls below ``MU_MIN`` (1e-6): such a coordinate stays
-near its warm start (its solved neighbours' value), as OpenSim's sequential IK leaves it near
-the previous frame's, instead of wandering to wherever the noise puts the minimum of an almost
-flat valley. Measured on a 5 mm, 300-frame SimSpine37 trial (uniform weights) against OpenSim
-4.6: ridge 1e-10 and floor 1e-12 gave 95.7 % of frames within 2 % of OpenSim's cost, worst
-frame 2.45x, 23.6 iterations per frame, pronation jumping across its whole range between
-frames; ridge 1e-4 and floor 1e-6 give 100 %, worst 1.016x, mean cost 0.979x OpenSim's, 12.7
-iterations. A floor of 1e-5 or more slows the medium directions to linear convergence
-(max_iters on 11 % of frames).
+Weakly observed directions. At a point with weighted RMS marker residual rho (cost / sum of
+weights), a direction of curvature c (relative to the largest, C) has an uncertainty of about
+rho / sqrt(c C): forearm pronation seen from a wrist marker, arm rotation from elbow and wrist
+are such directions, and on noisy data their per-frame minimum is wherever the noise puts it.
+Two terms follow the residual: the stationarity test's ridge is rho^2 / (THETA_RIDGE^2 C)
+(directions more uncertain than 0.1 rad or m are not chased), the damping floor rho^2 /
+(THETA_FLOOR^2 C) (directions more uncertain than 1 rad or m stay near their warm start, their
+solved neighbours' value, as OpenSim's sequential IK leaves them near the previous frame's),
+each clipped to [exact-data value, value at marker noise]. On exact data both vanish and the
+solver converges to the exact fit. Measured on a 5 mm, 300-frame SimSpine37 trial (uniform
+weights) against OpenSim 4.6, fixed ridge 1e-10 and floor 1e-12 gave 95.7 % of frames within
+2 % of OpenSim's cost, worst frame 2.45x, 23.6 iterations per frame, pronation jumping across
+its range between frames; ridge 1e-4 and floor 1e-6 gave 100 %, worst 1.016x, 12.7
+iterations, but left noise-free frames 0.16 deg off the truth (hence the scaling).
 
 The damping mu is relative to the largest curvature; the gain ratio rho = actual / predicted
 decrease of the step actually taken (after clipping) updates it: rho > 3/4 cuts it tenfold,
@@ -50,9 +53,13 @@ import jax
 import jax.numpy as jnp
 
 MU_MAX = 1e10  # past this, a rejected step means no progress is possible: stalled
-MU_MIN = 1e-6  # damping floor (relative): see "Weakly observed directions" in the module doc
+MU_MIN = 1e-12  # damping floor (relative) on exact data; see "Weakly observed directions"
+MU_FLOOR_MAX = 1e-6  # the floor at marker noise (reached at ~1.1 mm RMS with 37 markers)
+THETA_FLOOR = 1.0  # rad or m: an uncertainty above this keeps a direction near its start
 NU_START = 4.0  # damping factor of a first rejection; doubles on each further one (Nielsen)
-PROMISE_RIDGE = 1e-4  # relative ridge of the Gauss-Newton solve behind the stationarity test
+PROMISE_RIDGE = 1e-10  # relative ridge of the stationarity test's solve on exact data
+PROMISE_RIDGE_MAX = 1e-4  # the ridge at marker noise
+THETA_RIDGE = 0.1  # rad or m: a direction this uncertain is not chased by the stop test
 
 
 class LMState(NamedTuple):
@@ -111,10 +118,20 @@ def lm_start(q0, *, H0=None, aux0=None, mu=1e-3, skip=False, radius=jnp.inf):
     )
 
 
-def promise(ops: LMOps, H, g, free):
-    """The decrease the Gauss-Newton model (ridge PROMISE_RIDGE) promises on the free set."""
-    d = ops.solve(H, g, jnp.asarray(PROMISE_RIDGE, g.dtype), free)
+def promise(ops: LMOps, H, g, free, ridge=PROMISE_RIDGE):
+    """The decrease the Gauss-Newton model (relative ridge ``ridge``) promises on the free set."""
+    d = ops.solve(H, g, jnp.asarray(ridge, g.dtype), free)
     return -jnp.vdot(g, d)
+
+
+def noise_scaled(cost, H, weight_sum, theta, low, high):
+    """(rho^2 / C) / theta^2 clipped to [low, high]: rho^2 = cost / weight_sum, C the largest
+    curvature (diagonal of H). ``low`` where ``weight_sum`` is None (no residual scale known)."""
+    if weight_sum is None:
+        return jnp.asarray(low, cost.dtype)
+    cmax = jnp.max(jnp.diagonal(H, axis1=-2, axis2=-1))
+    rel = cost / (jnp.maximum(weight_sum, 1e-300) * theta**2 * jnp.maximum(cmax, 1e-300))
+    return jnp.clip(rel, low, high)
 
 
 RADIUS_SOLVES = 3  # damping increases tried to bring a step inside the radius
@@ -176,7 +193,7 @@ def _onto_limits(ops: LMOps, s: LMState, d, free, mu, lo, hi):
     return jax.lax.while_loop(cond, body, (d, jnp.zeros_like(free), jnp.asarray(0, jnp.int32)))[0]
 
 
-def lm_iterate(ops: LMOps, s: LMState, lo, hi, tol_cost, fit_cost) -> LMState:
+def lm_iterate(ops: LMOps, s: LMState, lo, hi, tol_cost, fit_cost, weight_sum=None) -> LMState:
     """One evaluation: a fresh start evaluates its point; otherwise a damped step on the free
     coordinates is tried and accepted if it lowers the cost. Stop tests as in the module doc."""
     free = free_set(s.q, s.g, lo, hi)
@@ -190,8 +207,6 @@ def lm_iterate(ops: LMOps, s: LMState, lo, hi, tol_cost, fit_cost) -> LMState:
     pred = -(2.0 * jnp.vdot(s.g, dc) + jnp.vdot(dc, ops.matvec(s.H, dc)))
     rho = (s.cost - c_new) / jnp.maximum(pred, 1e-300)
     shrink = jnp.where(pred > 0, jnp.where(rho > 0.75, 0.1, jnp.where(rho > 0.25, 1.0, 2.0)), 1.0)
-    mu = jnp.where(accept, jnp.maximum(mu_used * shrink, MU_MIN), mu_used * s.nu)
-    mu = jnp.where(s.fresh, s.mu, mu)
     nu = jnp.where(accept, NU_START, 2.0 * s.nu)
     nu = jnp.where(s.fresh, s.nu, nu)
     # the step radius (max-norm) doubles after a capped step the model predicted well (a
@@ -207,10 +222,12 @@ def lm_iterate(ops: LMOps, s: LMState, lo, hi, tol_cost, fit_cost) -> LMState:
         return jax.tree_util.tree_map(lambda x, y: jnp.where(accept, x, y), a, b)
 
     q, cost, H, g, aux = pick((q_try, c_new, H_new, g_new, aux_new), (s.q, s.cost, s.H, s.g, s.aux))
-    # what is left to gain is below tol_cost x cost, or below a 1 um RMS fit (exact data: the
-    # relative test alone would chase weakly observed directions towards zero cost)
-    left = promise(ops, H, g, free_set(q, g, lo, hi))
-    stationary = left <= tol_cost * cost + fit_cost
+    floor = noise_scaled(cost, H, weight_sum, THETA_FLOOR, MU_MIN, MU_FLOOR_MAX)
+    mu = jnp.where(accept, jnp.maximum(mu_used * shrink, floor), mu_used * s.nu)
+    mu = jnp.where(s.fresh, s.mu, mu)
+    ridge = noise_scaled(cost, H, weight_sum, THETA_RIDGE, PROMISE_RIDGE, PROMISE_RIDGE_MAX)
+    left = promise(ops, H, g, free_set(q, g, lo, hi), ridge)
+    stationary = left <= tol_cost * cost
     converged = accept & (stationary | (cost <= fit_cost))
     stalled = ~accept & (mu > MU_MAX)
     return LMState(
@@ -229,7 +246,9 @@ def lm_iterate(ops: LMOps, s: LMState, lo, hi, tol_cost, fit_cost) -> LMState:
     )
 
 
-def lm_while(ops, s, lo, hi, tol_cost, fit_cost, max_iters: int, cap: int) -> LMState:
+def lm_while(
+    ops, s, lo, hi, tol_cost, fit_cost, max_iters: int, cap: int, weight_sum=None
+) -> LMState:
     """At most ``cap`` evaluations (and ``max_iters`` iterations in all): a ``while_loop``."""
 
     def cond(c):
@@ -238,17 +257,17 @@ def lm_while(ops, s, lo, hi, tol_cost, fit_cost, max_iters: int, cap: int) -> LM
 
     def body(c):
         s, k = c
-        return lm_iterate(ops, s, lo, hi, tol_cost, fit_cost), k + 1
+        return lm_iterate(ops, s, lo, hi, tol_cost, fit_cost, weight_sum), k + 1
 
     return jax.lax.while_loop(cond, body, (s, jnp.asarray(0, jnp.int32)))[0]
 
 
-def lm_scan(ops, s, lo, hi, tol_cost, fit_cost, n: int) -> LMState:
+def lm_scan(ops, s, lo, hi, tol_cost, fit_cost, n: int, weight_sum=None) -> LMState:
     """Exactly ``n`` evaluations (a ``scan``: fixed cost, e.g. under vmap or for unrolled
     differentiation); a stopped problem is left as it is."""
 
     def step(s, _):
-        new = lm_iterate(ops, s, lo, hi, tol_cost, fit_cost)
+        new = lm_iterate(ops, s, lo, hi, tol_cost, fit_cost, weight_sum)
         return jax.tree_util.tree_map(lambda a, b: jnp.where(s.done, a, b), s, new), None
 
     return jax.lax.scan(step, s, None, length=n)[0]

@@ -207,8 +207,9 @@ def per_frame_stage(
         def one(s, zz, ww, tt):
             ops = frame_ops(tree, zz, ww, ci, cw, tt)
             return lm_while(
-                ops, s, lo, hi, params.tol_cost, fit_cost(params, ww), opts.max_iters, cap
-            )
+                ops, s, lo, hi, params.tol_cost, fit_cost(params, ww), opts.max_iters, cap,
+                jnp.sum(ww),
+            )  # fmt: skip
 
         return jax.vmap(one)(s, zz, ww, tt)
 
