@@ -308,9 +308,10 @@ def ik_setup_xml(
     comment: str | None = None,
 ) -> Path:
     """Write an OpenSim 4 ``InverseKinematicsTool`` setup with one applied ``IKMarkerTask`` per
-    entry of ``weights`` (in order), and no coordinate task. File names are written relative to
-    the setup's folder where possible (OpenSim and :func:`~simspine_jax.ik_setup.read_ik_setup`
-    resolve them against it); ``None`` is written ``Unassigned``. Atomic; returns the path."""
+    entry of ``weights`` (in order), and no coordinate task. File names inside the setup's
+    folder are written relative to it (OpenSim and :func:`~simspine_jax.ik_setup.read_ik_setup`
+    resolve them against it), others absolute; ``None`` is written ``Unassigned``. Atomic;
+    returns the path."""
     from .io import atomic_write_text
 
     p = Path(path)
@@ -321,9 +322,12 @@ def ik_setup_xml(
             return "Unassigned"
         f = Path(f)
         try:
-            return os.path.relpath(f.resolve(), folder)
+            r = os.path.relpath(f.resolve(), folder)
         except ValueError:  # another drive
             return str(f.resolve())
+        # inside the setup's folder: relative (the folder can move); outside: absolute (OpenSim
+        # 4.6's IK tool failed to find a model at ../../../../x.osim although the path was right)
+        return str(f.resolve()) if r.split(os.sep)[0] == os.pardir else r
 
     if not weights:
         raise InputError("no marker to write a task for", path=str(p), field="weights")

@@ -329,7 +329,7 @@ def test_sigint_during_the_move_is_held_until_the_set_is_whole(tree, old_set, mo
     def replace(src, dst):
         real(src, dst)
         if Path(dst).parent == out and STAGING_PREFIX in str(src):
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after the first file moved
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C after the first file moved (this thread)
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
