@@ -325,6 +325,9 @@ def test_trial_set_failed_rename_rolls_back(tree, old_set, monkeypatch):
 def test_sigint_during_the_move_is_held_until_the_set_is_whole(tree, old_set, monkeypatch):
     out, before = old_set
     real = os.replace
+    # Python's own Ctrl-C handler for this test: in the full suite an earlier module left
+    # another SIGINT handler installed (a held signal is delivered to whatever is installed)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def replace(src, dst):
         real(src, dst)
@@ -332,8 +335,11 @@ def test_sigint_during_the_move_is_held_until_the_set_is_whole(tree, old_set, mo
             signal.raise_signal(signal.SIGINT)  # Ctrl-C after the first file moved (this thread)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(KeyboardInterrupt):
-        _write_trial(tree, out, 2.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _write_trial(tree, out, 2.0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     after = _snapshot(out)
     assert after.keys() == before.keys() and all(after[k] != before[k] for k in after)
 
