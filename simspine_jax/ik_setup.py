@@ -62,6 +62,17 @@ class CoordinateTask:
     value: float
 
 
+def resolve_beside(setup_path: str | None, name: str | None) -> Path | None:
+    """A file name read from a setup file, made absolute against that file's folder (as
+    OpenSim resolves it); absolute names, and names of a setup with no file, stay as given."""
+    if name is None:
+        return None
+    p = Path(name)
+    if p.is_absolute() or setup_path is None:
+        return p
+    return (Path(setup_path).resolve().parent / p).resolve()
+
+
 @dataclass(frozen=True)
 class IKSetup:
     """What an OpenSim IK setup file asks for (applied tasks only).
@@ -87,12 +98,7 @@ class IKSetup:
 
     def resolve(self, name: str | None) -> Path | None:
         """A file name from the setup, made absolute against the setup file's folder."""
-        if name is None:
-            return None
-        p = Path(name)
-        if p.is_absolute() or self.path is None:
-            return p
-        return (Path(self.path).resolve().parent / p).resolve()
+        return resolve_beside(self.path, name)
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..ik_setup import VALUE_TYPES, CoordinateTask, IKSetup
+from ..ik_setup import VALUE_TYPES, CoordinateTask, IKSetup, resolve_beside
 
 SCALING_STEPS = ("measurements", "manualScale")
 _AXES = {"x": 0, "y": 1, "z": 2}
@@ -98,12 +98,7 @@ class ScaleSetup:
 
     def resolve(self, name: str | None) -> Path | None:
         """A file name from the setup, made absolute against the setup file's folder."""
-        if name is None:
-            return None
-        p = Path(name)
-        if p.is_absolute() or self.path is None:
-            return p
-        return (Path(self.path).resolve().parent / p).resolve()
+        return resolve_beside(self.path, name)
 
     @property
     def output_model(self) -> str | None:
