@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 MU_MAX = 1e10  # past this, a rejected step means no progress is possible: stalled
 MU_MIN = 1e-12  # damping floor (relative) on exact data; see "Weakly observed directions"
-MU_FLOOR_MAX = 1e-6  # the floor at marker noise (reached at ~1.1 mm RMS with 37 markers)
+MU_FLOOR_MAX = 1e-6  # the floor's ceiling, at marker noise
 THETA_FLOOR = 1.0  # rad or m: an uncertainty above this keeps a direction near its start
 NU_START = 4.0  # damping factor of a first rejection; doubles on each further one (Nielsen)
 PROMISE_RIDGE = 1e-10  # relative ridge of the stationarity test's solve on exact data
@@ -209,8 +209,7 @@ def lm_iterate(ops: LMOps, s: LMState, lo, hi, tol_cost, fit_cost, weight_sum=No
     shrink = jnp.where(pred > 0, jnp.where(rho > 0.75, 0.1, jnp.where(rho > 0.25, 1.0, 2.0)), 1.0)
     nu = jnp.where(accept, NU_START, 2.0 * s.nu)
     nu = jnp.where(s.fresh, s.nu, nu)
-    # the step radius (max-norm) doubles after a capped step the model predicted well (a
-    # rejected step shrinks the next one through the damping already)
+    # the step radius (max-norm) doubles after a capped step the model predicted well
     grow = accept & capped & (rho > 0.75) & (pred > 0)
     radius = jnp.where(grow, 2.0 * s.radius, s.radius)
     # a rejected step: the next one moves no coordinate more than half as far
