@@ -226,6 +226,15 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--smooth-vel", type=_weight, default=0.0, help="lambda_v >= 0 on |D1 q|^2")
     k.add_argument("--smooth-acc", type=_weight, default=0.0, help="lambda_a >= 0 on |D2 q|^2")
     k.add_argument(
+        "--continuity",
+        type=_weight,
+        default=1e-4,
+        help="without smoothing: weight (m^2 per rad^2 between frames, x the mean marker "
+        "weight) of the continuity pass that keeps weakly observed coordinates near their "
+        "neighbours, every frame within 2%% of its per-frame minimum's cost; 0: the per-frame "
+        "minima themselves (default 1e-4)",
+    )
+    k.add_argument(
         "-o",
         "--out",
         required=True,
@@ -297,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 setup=args.setup,
                 smooth_vel=args.smooth_vel,
                 smooth_acc=args.smooth_acc,
+                continuity=args.continuity,
             )
         elif args.cmd == "crosscheck":
             from .pipeline import crosscheck

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .ik import WEAK_SENSITIVITY
+from .ik import WEAK_SENSITIVITY, IKOptions
 
 
 def cache_root() -> Path:
@@ -183,6 +183,7 @@ def run_ik_files(
     setup=None,
     smooth_vel=0.0,
     smooth_acc=0.0,
+    continuity=IKOptions.continuity,
     progress=True,
 ) -> list[dict]:
     """IK of TRC trials, solved together in one compiled batch; writes OpenSim-style files.
@@ -228,7 +229,7 @@ def run_ik_files(
         seqs = [s[p.frames] for s, p in zip(seqs, plans, strict=True)]
     else:
         weights, tasks = np.ones(tree.n_marker), None
-    opts = IKOptions(smooth_vel=smooth_vel, smooth_acc=smooth_acc)
+    opts = IKOptions(smooth_vel=smooth_vel, smooth_acc=smooth_acc, continuity=continuity)
     t0 = time.perf_counter()
     results = solve_ik_batch(
         tree, seqs, weights, tasks, opts, cache_dir=cache_root() / "traced", progress=progress

@@ -279,16 +279,24 @@ def test_new_lambda_tolerance_or_weights_reuse_the_compiled_solver(two_link_tria
     assert _program_jit._cache_size() == n
     solve_ik(tree, z, options=IKOptions(min_markers=2, smooth_acc=0.1, max_iters=7))
     assert _program_jit._cache_size() == n + 1  # a structural option does compile
+    # lambda = 0: the continuity pass's weight and guard are traced too; off is structural
+    solve_ik(tree, z, options=IKOptions(min_markers=2))
+    n = _program_jit._cache_size()
+    solve_ik(tree, z, options=IKOptions(min_markers=2, continuity=3e-3, continuity_guard=0.05))
+    assert _program_jit._cache_size() == n
+    solve_ik(tree, z, options=IKOptions(min_markers=2, continuity=0.0))
+    assert _program_jit._cache_size() == n + 1
 
 
 def test_segmented_long_trial_equals_whole(two_link_trial):
     """A trial longer than ``segment`` is solved in segments (per-frame stage) and
-    overlapping windows (smoothing): the same answer as one whole-trial solve."""
+    overlapping windows (smoothing, continuity pass): the same answer as one whole-trial
+    solve."""
     tree, _, z = two_link_trial
     z = np.concatenate([z, z[::-1], z], 0)  # 450 frames
     z[200:203] = np.nan  # a gap across nothing in particular
-    for lam in (0.0, 0.05):
-        base = dict(min_markers=2, smooth_acc=lam, chunk=8)
+    for lam, cont in ((0.0, 0.0), (0.05, 0.0), (0.0, 1e-4)):
+        base = dict(min_markers=2, smooth_acc=lam, chunk=8, continuity=cont)
         whole = solve_ik(tree, z, options=IKOptions(**base, segment=1024))
         seg = solve_ik(tree, z, options=IKOptions(**base, segment=128))
         assert seg.q.shape == whole.q.shape == (450, 2)

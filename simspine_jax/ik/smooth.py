@@ -18,6 +18,7 @@ from .._banded import banded_solve
 from .lm import LMOps, lm_start, lm_while
 from .problem import CONVERGED, MAX_ITERS, IKOptions, IKParams, IKProblem, bounds, frame_inputs
 from .problem import frame_terms as _frame_terms
+from .problem import residual as _residual
 
 
 def bands(valid, lam_v, lam_a, dtype):
@@ -105,10 +106,14 @@ def banded_ops(tree, prob: IKProblem, z, w, cw, band, pad, method: str) -> LMOps
     return LMOps(evaluate=evaluate, solve=solve, matvec=matvec)
 
 
-def smooth_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_init, ok):
+def smooth_stage(
+    tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_init, ok, max_iters=None
+):
     """LM on the whole sequence from ``q_init`` (T, n). Frames not ``ok`` (too few markers)
     are filled by the smoothness prior. Returns q, iterations, status (CONVERGED or MAX_ITERS,
-    a scalar), J'J blocks (T, n, n) incl. coordinate-task rows, and model markers (T, M, 3)."""
+    a scalar), J'J blocks (T, n, n) incl. coordinate-task rows, and model markers (T, M, 3).
+    ``max_iters``: the iteration cap (default ``opts.max_iters_smooth``)."""
+    cap = opts.max_iters_smooth if max_iters is None else max_iters
     lo, hi = bounds(tree)
     z, w, _ = frame_inputs(prob.markers, prob.marker_weight[None, :])
     w = jnp.where(ok[:, None], w, 0.0)  # frames without enough markers: smoothness only
@@ -123,8 +128,42 @@ def smooth_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_ini
         aux0=jnp.zeros(prob.markers.shape, q_init.dtype),
         mu=params.mu_init,
     )
-    s = lm_while(
-        ops, s, lo, hi, params.tol_cost, 0.0, opts.max_iters_smooth, opts.max_iters_smooth + 1
-    )
+    s = lm_while(ops, s, lo, hi, params.tol_cost, 0.0, cap, cap + 1)
     status = jnp.where(s.done & ~s.stalled, CONVERGED, MAX_ITERS)
     return s.q, s.it, status, s.H, s.aux
+
+
+CONTINUITY_BLEND = (0.5, 0.25, 0.0)  # fractions of the pass's change kept when guarding
+
+
+def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_pf, ok):
+    """The continuity pass at lambda = 0 (see ``IKOptions.continuity``): from the per-frame
+    minima ``q_pf`` (T, n; gaps filled), at most ``max_iters_continuity`` iterations of the
+    whole-sequence LM with lambda_v = ``continuity`` x mean marker weight; then every frame
+    whose per-frame cost (OpenSim's objective) exceeds its per-frame minimum's by more than
+    ``continuity_guard`` keeps only half, a quarter or none of its change, the largest
+    fraction within the guard (none always is). Returns what :func:`smooth_stage` returns
+    (status CONVERGED: the cap is the design), J'J and markers evaluated at the result."""
+    z, w, _ = frame_inputs(prob.markers, prob.marker_weight[None, :])
+    w = jnp.where(ok[:, None], w, 0.0)
+    ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
+    used = prob.marker_weight > 0
+    wbar = jnp.sum(prob.marker_weight) / jnp.maximum(jnp.sum(used), 1)
+    p = params._replace(smooth_vel=params.continuity * wbar, smooth_acc=jnp.zeros_like(wbar))
+    q_c, it, _, _, _ = smooth_stage(tree, opts, p, prob, q_pf, ok, opts.max_iters_continuity)
+
+    def costs(q):
+        r = jax.vmap(lambda q, z, w, ct: _residual(tree, q, z, w, ci, cw, ct))(q, z, w, ct)
+        return jnp.sum(r**2, axis=1)
+
+    c_min = costs(q_pf)
+    limit = (1.0 + params.continuity_guard) * c_min
+    q, c = q_c, costs(q_c)
+    for a in CONTINUITY_BLEND:
+        over = c > limit
+        q_a = q_pf + a * (q_c - q_pf)
+        q = jnp.where(over[:, None], q_a, q)
+        c = jnp.where(over, costs(q_a), c)
+    x, _, _, J = jax.vmap(lambda q, z, w, ct: _frame_terms(tree, q, z, w, ci, cw, ct))(q, z, w, ct)
+    H = jnp.einsum("tri,trj->tij", J, J)
+    return q, it, jnp.asarray(CONVERGED, jnp.int32), H, x

@@ -1,14 +1,14 @@
 """Public IK entry points: one sequence or many, any length.
 
 A trial of at most ``IKOptions.segment`` frames is one compiled call (robust start, per-frame
-stage, smoothing stage, report), padded to a bucket length so few shapes compile. A longer
-trial is solved in segments of ``segment`` frames, one call each, with the per-frame stage's
-chain carried from one segment's last solved frame to the next segment's first: cost linear in
-length, memory bounded by the segment, a progress bar, and Ctrl-C honoured between segments
-(a compiled loop blocks signals). With smoothing, the smoothing stage then runs on windows of
-``segment`` frames that overlap by ``2 * margin`` frames, keeping each window's core: the
-penalties couple frames only a few apart, so the cores equal the whole-trial optimum to
-within the solver tolerance (1e-4 rad, tested).
+stage, smoothing stage or continuity pass, report), padded to a bucket length so few shapes
+compile. A longer trial is solved in segments of ``segment`` frames, one call each, with the
+per-frame stage's chain carried from one segment's last solved frame to the next segment's
+first: cost linear in length, memory bounded by the segment, a progress bar, and Ctrl-C
+honoured between segments (a compiled loop blocks signals). The smoothing stage (or continuity
+pass) then runs on windows of ``segment`` frames that overlap by ``2 * margin`` frames, keeping
+each window's core: the penalties couple frames only a few apart, so the cores equal the
+whole-trial optimum to within the solver tolerance (1e-4 rad, tested).
 
 The compiled programs take the traced :class:`IKParams` as arguments: a new lambda, tolerance
 or weight reuses them; only :meth:`IKOptions.static` is part of the cache key.
@@ -40,7 +40,7 @@ from .problem import (
     make_problem,
 )
 from .report import report
-from .smooth import smooth_stage
+from .smooth import continuity_stage, smooth_stage
 
 CPU_SEQUENCE_GROUP = 8  # sequences vmapped together on CPU (the rest in a sequential map)
 _SEQ = "seq"
@@ -62,9 +62,9 @@ def fill_gaps(q, ok):
 
 
 def _seq_segment(tree, opts: IKOptions, whole: bool, params, prob, q_prev, has_prev, seq_axis):
-    """One sequence (or one segment of it): start, per-frame stage, smoothing if ``whole``,
-    report. Returns the IKResult's fields and the chain's end (q of the last ok frame, and
-    whether there is one)."""
+    """One sequence (or one segment of it): start, per-frame stage, the second stage
+    (smoothing or continuity) if ``whole``, report. Returns the IKResult's fields and the
+    chain's end (q of the last ok frame, and whether there is one)."""
     lo, hi = bounds(tree)
     q_default = jnp.clip(
         tree.coord_default[tree.topology.indep_coord].astype(prob.markers.dtype), lo, hi
@@ -87,20 +87,28 @@ def _seq_segment(tree, opts: IKOptions, whole: bool, params, prob, q_prev, has_p
     last = T - 1 - jnp.argmax(ok[::-1])
     end = (jnp.where(jnp.any(ok), q[last], q_prev), has_prev | jnp.any(ok))
     smooth_status = jnp.asarray(CONVERGED, jnp.int32)
-    if whole and opts.smoothing:
-        q = fill_gaps(q, ok)
-        q, it_s, smooth_status, H, x = smooth_stage(tree, opts, params, prob, q, ok)
+    if whole and opts.second_stage:
+        q, it_s, smooth_status, H, x = _second_stage(tree, opts, params, prob, q, ok)
         it = it + it_s
-    else:
+    if not (whole and opts.smoothing):  # gaps stay NaN unless the smoothing prior fills them
         q = jnp.where(ok[:, None], q, jnp.nan)
         x = jnp.where(ok[:, None, None], x, jnp.nan)
     return tuple(report(tree, prob, q, status, it, H, x, smooth_status)) + end
 
 
+def _second_stage(tree, opts: IKOptions, params, prob, q_pf, ok):
+    """Smoothing stage, or (lambda = 0) the continuity pass, from the per-frame solution."""
+    q = fill_gaps(q_pf, ok)
+    stage = smooth_stage if opts.smoothing else continuity_stage
+    return stage(tree, opts, params, prob, q, ok)
+
+
 def _seq_window(tree, opts: IKOptions, params, prob, q_init, ok, status, it, seq_axis):
-    """Smoothing stage on one window from the per-frame solution, then the report."""
-    q = fill_gaps(q_init, ok)
-    q, it_s, smooth_status, H, x = smooth_stage(tree, opts, params, prob, q, ok)
+    """The second stage on one window from the per-frame solution, then the report."""
+    q, it_s, smooth_status, H, x = _second_stage(tree, opts, params, prob, q_init, ok)
+    if not opts.smoothing:
+        q = jnp.where(ok[:, None], q, jnp.nan)
+        x = jnp.where(ok[:, None, None], x, jnp.nan)
     return tuple(report(tree, prob, q, status, it + it_s, H, x, smooth_status))
 
 
@@ -294,7 +302,7 @@ def solve_ik_batch(
     if progress and segmented:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(lengths) * (2 if options.smoothing else 1), unit="frame", desc="IK")
+        bar = tqdm(total=sum(lengths) * (2 if opts.second_stage else 1), unit="frame", desc="IK")
     q_prev = np.zeros((B, n), np.dtype(tree.dtype))
     has_prev = np.zeros(B, bool)
     try:
@@ -312,7 +320,7 @@ def solve_ik_batch(
                 if bar is not None:
                     bar.update(sum(min(S, max(0, T - k * S)) for T in lengths))
             out = [np.concatenate(p, 1) for p in zip(*parts, strict=True)]
-            if options.smoothing:
+            if opts.second_stage:
                 out = _smooth_windows(
                     tree, opts, params, probs, IKResult(*out), lengths, cache_dir, bar
                 )

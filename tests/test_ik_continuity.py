@@ -1,0 +1,55 @@
+"""The continuity pass at lambda = 0 (``IKOptions.continuity``), on the default model.
+
+A module of its own: JAX's compiled programs are dropped between test modules (conftest), and
+tests/test_ik.py already compiles enough to come near XLA CPU's memory-map limit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simspine_jax import load_model
+from simspine_jax.ik import WEAK_SENSITIVITY, IKOptions, solve_ik
+from simspine_jax.synth import synthetic_trial
+
+DEFAULT = Path(__file__).parent.parent / "simspine_jax" / "data" / "simspine_default.npz"
+
+
+@pytest.fixture(scope="module")
+def tree():
+    return load_model(DEFAULT)
+
+
+def _observed(res, limit=WEAK_SENSITIVITY):
+    s = np.asarray(res.sensitivity)
+    return np.all(np.isfinite(s) & (s < limit), axis=0)
+
+
+def _largest_jumps(tree, q):
+    """Per pair of neighbouring frames, the largest change of a rotational coordinate (rad)."""
+    kinds = {c["name"]: c["motion_type"] for c in tree.meta["coordinates"]}
+    rot = [i for i, n in enumerate(tree.independent_names) if kinds[n] != "translational"]
+    return np.max(np.abs(np.diff(np.asarray(q)[:, rot], axis=0)), axis=1)
+
+
+def test_continuity_pass_keeps_weak_coordinates_near_neighbours(tree):
+    """At lambda = 0 the per-frame minima of weakly observed coordinates (pronation, arm
+    rotation, toe angle) sit wherever the noise puts them; the continuity pass must keep them
+    near their neighbours while no frame costs more than its per-frame minimum + guard."""
+    trial = synthetic_trial(tree, 160, noise_m=0.005, gap_fraction=0.0, seed=11)
+    minima = solve_ik(tree, trial["markers"], options=IKOptions(continuity=0.0))
+    cont = solve_ik(tree, trial["markers"])
+    guard = IKOptions().continuity_guard
+    c0, c1 = np.asarray(minima.cost), np.asarray(cont.cost)
+    assert np.all(c1 <= (1 + guard) * c0 * (1 + 1e-9)), np.max(c1 / c0)
+    j0 = np.median(_largest_jumps(tree, minima.q))
+    j1 = np.median(_largest_jumps(tree, cont.q))
+    assert j1 < 0.6 * j0, (j1, j0)
+    # well-observed coordinates hardly move: the pass is a tie-break, not a smoother
+    obs = _observed(minima, 0.01)
+    dq = np.abs(np.asarray(cont.q) - np.asarray(minima.q))[:, obs]
+    assert np.quantile(dq, 0.9) < np.deg2rad(1.0), np.rad2deg(np.quantile(dq, 0.9))
+    assert np.array_equal(np.asarray(cont.status), np.asarray(minima.status))
