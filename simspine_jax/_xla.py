@@ -23,3 +23,48 @@ def tune_xla_cpu(environ=os.environ) -> str:
     flags = " ".join([flags, *add]).strip()
     environ["XLA_FLAGS"] = flags
     return flags
+
+
+# XLA CPU maps every compiled kernel into memory on its own (about 3 maps per fusion; one IK
+# program of the SimSpine model: 2,600-3,800 maps), and the kernel allows a process 65,530
+# (vm.max_map_count): a long-lived process compiling many programs (a test session, a
+# notebook) segfaults inside XLA's compiler once it runs out. Past this fraction of the limit,
+# JAX's compiled programs are dropped before the next IK compile.
+MAP_FRACTION = 0.7
+
+
+def _count_lines(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+def release_if_near_map_limit(fraction: float = MAP_FRACTION) -> bool:
+    """Drop JAX's compiled programs (``jax.clear_caches``) when this process holds more than
+    ``fraction`` of the kernel's memory-map limit; returns whether it did. Linux only (elsewhere
+    nothing is read and nothing happens)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    used = _count_lines("/proc/self/maps")
+    if used is None or used <= fraction * limit:
+        return False
+    import gc
+    import warnings
+
+    import jax
+
+    warnings.warn(
+        f"this process holds {used} of the kernel's {limit} memory maps (vm.max_map_count; "
+        "XLA CPU maps each compiled kernel separately): dropping JAX's compiled programs "
+        "before compiling more, which would crash the process at the limit",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    jax.clear_caches()
+    gc.collect()
+    return True

@@ -262,11 +262,16 @@ def test_per_frame_coordinate_task_targets(two_link_trial):
         solve_ik(tree, z, coord_tasks=(ci, np.array([1.0]), np.zeros((T - 1, 1))))
 
 
-def test_new_lambda_tolerance_or_weights_reuse_the_compiled_solver(two_link_trial):
+def test_new_lambda_tolerance_or_weights_reuse_the_compiled_solver(two_link_trial, monkeypatch):
     """Only structural options are static: a new lambda, tolerance, damping or weight is a
     traced number and must not trace the solver again."""
+    from simspine_jax.ik import solve as solve_mod
     from simspine_jax.ik.solve import _program_jit
 
+    # counting traces needs the caches kept: drop them once now (memory-map headroom), and
+    # keep the solver from dropping them near the limit during the count
+    jax.clear_caches()
+    monkeypatch.setattr(solve_mod, "release_if_near_map_limit", lambda: False)
     tree, _, z = two_link_trial
     solve_ik(tree, z, options=IKOptions(min_markers=2, smooth_acc=0.1))
     n = _program_jit._cache_size()

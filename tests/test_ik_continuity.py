@@ -53,3 +53,24 @@ def test_continuity_pass_keeps_weak_coordinates_near_neighbours(tree):
     dq = np.abs(np.asarray(cont.q) - np.asarray(minima.q))[:, obs]
     assert np.quantile(dq, 0.9) < np.deg2rad(1.0), np.rad2deg(np.quantile(dq, 0.9))
     assert np.array_equal(np.asarray(cont.status), np.asarray(minima.status))
+
+
+def test_warm_start_takes_either_side_across_a_basin_boundary():
+    """Where a frame's solved neighbours differ by 1 rad or more in a coordinate (an angle
+    wrap, another basin), its start takes the left neighbour's value there, or the right's for
+    the second start; elsewhere it interpolates linearly in time."""
+    import jax.numpy as jnp
+
+    from simspine_jax.ik.per_frame import warm_start
+
+    q_ext = jnp.array([[0.0, 0.2], [9.0, 9.0], [0.4, 2.7], [9.0, 9.0], [7.0, 7.0]])
+    ok_ext = jnp.array([True, True, True, True, False])
+    t, l1, r1, none = jnp.array(1), jnp.array(0), jnp.array(2), jnp.array(-1)
+    left = warm_start(t, q_ext, ok_ext, l1, r1, none, none)
+    right = warm_start(t, q_ext, ok_ext, l1, r1, none, none, from_right=True)
+    np.testing.assert_allclose(left, [0.2, 0.2])  # coordinate 0 interpolated, 1 from the left
+    np.testing.assert_allclose(right, [0.2, 2.7])  # coordinate 1 from the right
+    # no right neighbour after t (r1 <= t): both take the left's values
+    np.testing.assert_allclose(
+        warm_start(t, q_ext, ok_ext, l1, l1, none, none, from_right=True), [0.0, 0.2]
+    )

@@ -9,7 +9,8 @@ coordinates held at their defaults)::
 
 W_t is the summed weight of the markers observed in frame t (OpenSim's task scale, see
 :func:`task_scale`); D1/D2 are first/second differences between consecutive frames (rad or m
-per frame). ``lambda = 0`` is exactly OpenSim's per-frame weighted least squares.
+per frame). ``lambda = 0`` is exactly OpenSim's per-frame weighted least squares (then the
+continuity pass, ``IKOptions.continuity``, picks within 2 % of each frame's minimum cost).
 """
 
 from __future__ import annotations
