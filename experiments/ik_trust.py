@@ -116,6 +116,8 @@ WITHIN_2PCT_MIN = 0.99
 COST_RATIO_MAX = 1.0
 MAX_ITERS_FRACTION_MAX = 0.01
 SMOOTH_TRUTH_RATIO_MAX = 0.5
+JUMP_RATIO_MAX = 1.25  # continuity (lambda = 0): median largest jump between frames <= this
+# x OpenSim's (its sequential IK is the issue's reference for continuity)
 
 # keys every line of a kind carries (tests/test_ik_trust.py checks them)
 REQUIRED_KEYS = {
@@ -144,7 +146,7 @@ REQUIRED_KEYS = {
         "excluded", "elapsed_s", "git_rev",
     ),
 }  # fmt: skip
-TARGETS = ("noise_free_fit", "noisy_cost", "max_iters", "smoothing_truth")
+TARGETS = ("noise_free_fit", "noisy_cost", "max_iters", "smoothing_truth", "continuity")
 
 
 class TrialSpec(NamedTuple):
@@ -551,6 +553,12 @@ def _target(name, criterion, recs, value_key, limit, ok, reduce, excluded=()):
     }
 
 
+def _ratio(rec: dict, key: str) -> float | None:
+    """``rec[key] / rec["opensim_" + key]`` (None where either is missing or OpenSim's is 0)."""
+    a, b = rec.get(key), rec.get("opensim_" + key)
+    return None if a is None or not b else a / b
+
+
 def evaluate_targets(trials: list[dict], smooths: list[dict]) -> list[dict]:
     # a coordinate task pulls its coordinate away from the true motion: the optimum itself
     # leaves marker errors there (for OpenSim too), so the exact-fit target skips such trials
@@ -602,6 +610,16 @@ def evaluate_targets(trials: list[dict], smooths: list[dict]) -> list[dict]:
             "truth_ratio",
             SMOOTH_TRUTH_RATIO_MAX,
             lambda r: r["truth_ratio"] <= SMOOTH_TRUTH_RATIO_MAX,
+            max,
+        ),
+        _target(
+            "continuity",
+            f"noisy trials (lambda = 0): median largest jump of a rotational coordinate between "
+            f"frames <= {JUMP_RATIO_MAX:g} x OpenSim's",
+            [dict(r, jump_ratio=_ratio(r, "jump_deg_p50")) for r in noisy],
+            "jump_ratio",
+            JUMP_RATIO_MAX,
+            lambda r: r["jump_ratio"] <= JUMP_RATIO_MAX,
             max,
         ),
     ]

@@ -64,6 +64,7 @@ def test_ik_trust_quick_prints_json_lines(tmp_path):
     assert tuple(targets) == ik_trust.TARGETS
     assert targets["noisy_cost"]["pass"] is None  # nothing to compare without OpenSim
     assert targets["smoothing_truth"]["pass"] is None
+    assert targets["continuity"]["pass"] is None
     assert targets["max_iters"]["trials"] == 2
     # the setup's coordinate task keeps the noise-free trial out of the exact-fit target
     assert targets["noise_free_fit"]["excluded"][0][0] == "simspine37/setup/noise0mm"
@@ -80,6 +81,8 @@ def _trial(name, noise, **kw):
         cost_ratio_mean=0.99,
         fraction_within_2pct=1.0,
         max_iters_fraction=0.0,
+        jump_deg_p50=20.0,
+        opensim_jump_deg_p50=20.0,
     )
     return rec | kw
 
@@ -93,6 +96,7 @@ def test_targets_decide_as_issue_8_says():
         _trial("few_within", 5.0, fraction_within_2pct=0.985),
         _trial("costly", 10.0, cost_ratio_mean=1.001),
         _trial("slow", 10.0, max_iters_fraction=0.02),
+        _trial("jumpy", 5.0, jump_deg_p50=26.0),
     ]
     smooths = [
         dict(trial="ok", truth_ratio=0.4),
@@ -107,6 +111,7 @@ def test_targets_decide_as_issue_8_says():
     assert t["noisy_cost"]["value"] == 0.985 and t["noisy_cost"]["cost_ratio_mean_max"] == 1.001
     assert t["max_iters"]["failing"] == ["slow"] and t["max_iters"]["value"] == 0.02
     assert t["smoothing_truth"]["failing"] == ["few_within"]
+    assert t["continuity"]["failing"] == ["jumpy"] and t["continuity"]["value"] == 1.3
 
     unfit = ik_trust.evaluate_targets([_trial("clean", 0.0, fit_fraction=0.99)], [])
     assert unfit[0]["pass"] is False and unfit[3]["pass"] is None

@@ -107,12 +107,20 @@ def banded_ops(tree, prob: IKProblem, z, w, cw, band, pad, method: str) -> LMOps
 
 
 def smooth_stage(
-    tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_init, ok, max_iters=None
+    tree,
+    opts: IKOptions,
+    params: IKParams,
+    prob: IKProblem,
+    q_init,
+    ok,
+    max_iters=None,
+    skip=False,
 ):
     """LM on the whole sequence from ``q_init`` (T, n). Frames not ``ok`` (too few markers)
     are filled by the smoothness prior. Returns q, iterations, status (CONVERGED or MAX_ITERS,
     a scalar), J'J blocks (T, n, n) incl. coordinate-task rows, and model markers (T, M, 3).
-    ``max_iters``: the iteration cap (default ``opts.max_iters_smooth``)."""
+    ``max_iters``: the iteration cap (default ``opts.max_iters_smooth``); ``skip`` (traced):
+    return ``q_init`` without an iteration."""
     cap = opts.max_iters_smooth if max_iters is None else max_iters
     lo, hi = bounds(tree)
     z, w, _ = frame_inputs(prob.markers, prob.marker_weight[None, :])
@@ -127,6 +135,7 @@ def smooth_stage(
         H0=jnp.zeros((T, n, n), q_init.dtype),
         aux0=jnp.zeros(prob.markers.shape, q_init.dtype),
         mu=params.mu_init,
+        skip=skip,
     )
     s = lm_while(ops, s, lo, hi, params.tol_cost, 0.0, cap, cap + 1)
     status = jnp.where(s.done & ~s.stalled, CONVERGED, MAX_ITERS)
@@ -134,6 +143,7 @@ def smooth_stage(
 
 
 CONTINUITY_BLEND = (0.5, 0.25, 0.0)  # fractions of the pass's change kept when guarding
+CONTINUITY_MIN_RMS = 1e-4  # m: below this median residual the continuity pass is skipped
 
 
 def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_pf, ok):
@@ -142,21 +152,29 @@ def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q
     whole-sequence LM with lambda_v = ``continuity`` x mean marker weight; then every frame
     whose per-frame cost (OpenSim's objective) exceeds its per-frame minimum's by more than
     ``continuity_guard`` keeps only half, a quarter or none of its change, the largest
-    fraction within the guard (none always is). Returns what :func:`smooth_stage` returns
-    (status CONVERGED: the cap is the design), J'J and markers evaluated at the result."""
+    fraction within the guard (none always is). Skipped on data the per-frame minima fit
+    (median weighted RMS residual < 0.1 mm: noise-free markers). Returns what
+    :func:`smooth_stage` returns (status CONVERGED: the cap is the design), J'J and markers
+    evaluated at the result."""
     z, w, _ = frame_inputs(prob.markers, prob.marker_weight[None, :])
     w = jnp.where(ok[:, None], w, 0.0)
     ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
     used = prob.marker_weight > 0
     wbar = jnp.sum(prob.marker_weight) / jnp.maximum(jnp.sum(used), 1)
     p = params._replace(smooth_vel=params.continuity * wbar, smooth_acc=jnp.zeros_like(wbar))
-    q_c, it, _, _, _ = smooth_stage(tree, opts, p, prob, q_pf, ok, opts.max_iters_continuity)
 
     def costs(q):
         r = jax.vmap(lambda q, z, w, ct: _residual(tree, q, z, w, ci, cw, ct))(q, z, w, ct)
         return jnp.sum(r**2, axis=1)
 
     c_min = costs(q_pf)
+    # data the per-frame minima fit (median weighted RMS residual below CONTINUITY_MIN_RMS):
+    # their minima are determined and continuous already; the pass is skipped
+    rms = jnp.sqrt(c_min / jnp.maximum(jnp.sum(w, axis=1), 1e-300))
+    fitted = jnp.nanmedian(jnp.where(ok, rms, jnp.nan)) < CONTINUITY_MIN_RMS
+    q_c, it, _, _, _ = smooth_stage(
+        tree, opts, p, prob, q_pf, ok, opts.max_iters_continuity, skip=fitted | ~jnp.any(ok)
+    )
     limit = (1.0 + params.continuity_guard) * c_min
     q, c = q_c, costs(q_c)
     for a in CONTINUITY_BLEND:
