@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._banded import banded_solve
 from .lm import LMOps, lm_start, lm_while
@@ -113,15 +114,11 @@ def smooth_stage(
     prob: IKProblem,
     q_init,
     ok,
-    max_iters=None,
-    skip=False,
 ):
     """LM on the whole sequence from ``q_init`` (T, n). Frames not ``ok`` (too few markers)
     are filled by the smoothness prior. Returns q, iterations, status (CONVERGED or MAX_ITERS,
-    a scalar), J'J blocks (T, n, n) incl. coordinate-task rows, and model markers (T, M, 3).
-    ``max_iters``: the iteration cap (default ``opts.max_iters_smooth``); ``skip`` (traced):
-    return ``q_init`` without an iteration."""
-    cap = opts.max_iters_smooth if max_iters is None else max_iters
+    a scalar), J'J blocks (T, n, n) incl. coordinate-task rows, and model markers (T, M, 3)."""
+    cap = opts.max_iters_smooth
     lo, hi = bounds(tree)
     z, w, _ = frame_inputs(prob.markers, prob.marker_weight[None, :])
     w = jnp.where(ok[:, None], w, 0.0)  # frames without enough markers: smoothness only
@@ -135,7 +132,6 @@ def smooth_stage(
         H0=jnp.zeros((T, n, n), q_init.dtype),
         aux0=jnp.zeros(prob.markers.shape, q_init.dtype),
         mu=params.mu_init,
-        skip=skip,
     )
     s = lm_while(ops, s, lo, hi, params.tol_cost, 0.0, cap, cap + 1)
     status = jnp.where(s.done & ~s.stalled, CONVERGED, MAX_ITERS)
@@ -148,20 +144,20 @@ CONTINUITY_MIN_RMS = 1e-4  # m: below this median residual the continuity pass i
 
 def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_pf, ok):
     """The continuity pass at lambda = 0 (see ``IKOptions.continuity``): from the per-frame
-    minima ``q_pf`` (T, n; gaps filled), at most ``max_iters_continuity`` iterations of the
-    whole-sequence LM with lambda_v = ``continuity`` x mean marker weight; then every frame
+    minima ``q_pf`` (T, n; gaps filled), ``max_iters_continuity`` red-black sweeps of one
+    Gauss-Newton step per frame on its cost plus a velocity penalty to its neighbours, lambda =
+    ``continuity`` x mean marker weight (:func:`_continuity_sweeps`); then every frame
     whose per-frame cost (OpenSim's objective) exceeds its per-frame minimum's by more than
     ``continuity_guard`` keeps only half, a quarter or none of its change, the largest
     fraction within the guard (none always is). Skipped on data the per-frame minima fit
     (median weighted RMS residual < 0.1 mm: noise-free markers). Returns what
-    :func:`smooth_stage` returns (status CONVERGED: the cap is the design), J'J and markers
-    evaluated at the result."""
+    :func:`smooth_stage` returns (status CONVERGED: a fixed number of sweeps; iterations: the
+    sweeps, one FK + Jacobian pass per frame each), J'J and markers evaluated at the result."""
     z, w, _ = frame_inputs(prob.markers, prob.marker_weight[None, :])
     w = jnp.where(ok[:, None], w, 0.0)
     ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
     used = prob.marker_weight > 0
     wbar = jnp.sum(prob.marker_weight) / jnp.maximum(jnp.sum(used), 1)
-    p = params._replace(smooth_vel=params.continuity * wbar, smooth_acc=jnp.zeros_like(wbar))
 
     def costs(q):
         r = jax.vmap(lambda q, z, w, ct: _residual(tree, q, z, w, ci, cw, ct))(q, z, w, ct)
@@ -172,9 +168,15 @@ def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q
     # their minima are determined and continuous already; the pass is skipped
     rms = jnp.sqrt(c_min / jnp.maximum(jnp.sum(w, axis=1), 1e-300))
     fitted = jnp.nanmedian(jnp.where(ok, rms, jnp.nan)) < CONTINUITY_MIN_RMS
-    q_c, it, _, _, _ = smooth_stage(
-        tree, opts, p, prob, q_pf, ok, opts.max_iters_continuity, skip=fitted | ~jnp.any(ok)
+    skip = fitted | ~jnp.any(ok)
+    q_c = jax.lax.cond(
+        skip,
+        lambda: q_pf,
+        lambda: _continuity_sweeps(
+            tree, prob, q_pf, ok, z, w, params.continuity * wbar, opts.max_iters_continuity
+        ),
     )
+    it = jnp.where(skip, 0, opts.max_iters_continuity)
     limit = (1.0 + params.continuity_guard) * c_min
     q, c = q_c, costs(q_c)
     for a in CONTINUITY_BLEND:
@@ -185,3 +187,39 @@ def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q
     x, _, _, J = jax.vmap(lambda q, z, w, ct: _frame_terms(tree, q, z, w, ci, cw, ct))(q, z, w, ct)
     H = jnp.einsum("tri,trj->tij", J, J)
     return q, it, jnp.asarray(CONVERGED, jnp.int32), H, x
+
+
+def _continuity_sweeps(tree, prob: IKProblem, q, ok, z, w, lam, n_sweeps: int):
+    """Red-black Gauss-Seidel sweeps of one Gauss-Newton step per frame on its own cost plus
+    lam |q_t - q_(t-1)|^2 + lam |q_t - q_(t+1)|^2 (neighbours held): even frames, then odd
+    ones with the even ones updated. A weakly observed coordinate moves to its neighbours'
+    average in a sweep, a well-observed one barely moves. Per sweep one FK + Jacobian pass and
+    one dense n x n solve per frame (no sequential banded solve). Shapes: q (T, n)."""
+    lo, hi = bounds(tree)
+    T, n = q.shape
+    ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
+    eye = jnp.eye(n, dtype=q.dtype)
+
+    def step(q, z, w, ct, ql, qr, hl, hr):
+        _, _, r, J = _frame_terms(tree, q, z, w, ci, cw, ct)
+        H = J.T @ J
+        k = hl + hr
+        dH = jnp.diagonal(H)
+        A = H + (lam * k + 1e-12 * jnp.max(dH) + 1e-300) * eye
+        b = J.T @ r + lam * (hl * (q - ql) + hr * (q - qr))
+        return jnp.clip(q - jnp.linalg.solve(A, b), lo, hi)
+
+    okf = ok.astype(q.dtype)
+    halves = [np.arange(p, T, 2) for p in (0, 1)]
+
+    def sweep(_, q):
+        for idx in halves:
+            il, ir = np.maximum(idx - 1, 0), np.minimum(idx + 1, T - 1)
+            hl = jnp.where(idx > 0, okf[il], 0.0)
+            hr = jnp.where(idx < T - 1, okf[ir], 0.0)
+            qn = jax.vmap(step)(q[idx], z[idx], w[idx], ct[idx], q[il], q[ir], hl, hr)
+            upd = ok[idx] & ((hl + hr) > 0)
+            q = q.at[idx].set(jnp.where(upd[:, None], qn, q[idx]))
+        return q
+
+    return jax.lax.fori_loop(0, n_sweeps, sweep, q)
