@@ -99,12 +99,14 @@ def test_trc_whitespace_separated_with_gap_is_refused_tab_with_gap_reads(tmp_pat
     )
 
 
-@pytest.mark.parametrize("cut", ["fields", "dot"])
+@pytest.mark.parametrize("cut", ["fields", "dot", "first_field"])
 def test_trc_truncated_last_line_is_refused(tmp_path, cut):
     rows = _rows()
     last = rows[-1]
     if cut == "fields":  # cut in the middle: fewer fields than the header
         rows[-1] = last[: len(last) // 2]
+    elif cut == "first_field":  # cut inside the frame number: no tab left on the line (read
+        rows[-1] = last[:1]  # as a space-separated row, it must still say "cut short")
     else:  # all fields, but the last number stops at its decimal point
         rows[-1] = last[: last.rindex("\t") + 1] + "72."
     p = _put(tmp_path, "cut.trc", _trc(NAMES, rows, end=""))

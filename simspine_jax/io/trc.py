@@ -246,6 +246,8 @@ def read_trc(path: str | os.PathLike[str]) -> TRCData:
             )
         if n < ncols:
             if spaced:  # runs of spaces hide where the blank (missing) fields were
+                # a last line cut short (no line end) is that, whatever its separators
+                _refuse_cut_last_line(lines, i, ncols, p)
                 raise InputError(
                     f"space-separated row with {n} of {ncols} values: with spaces as "
                     "separators the missing (blank) fields cannot be located, so the markers "
