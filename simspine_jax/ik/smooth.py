@@ -118,7 +118,6 @@ def smooth_stage(
     """LM on the whole sequence from ``q_init`` (T, n). Frames not ``ok`` (too few markers)
     are filled by the smoothness prior. Returns q, iterations, status (CONVERGED or MAX_ITERS,
     a scalar), J'J blocks (T, n, n) incl. coordinate-task rows, and model markers (T, M, 3)."""
-    cap = opts.max_iters_smooth
     lo, hi = bounds(tree)
     z, w, _ = frame_inputs(prob.markers, prob.marker_weight[None, :])
     w = jnp.where(ok[:, None], w, 0.0)  # frames without enough markers: smoothness only
@@ -133,6 +132,7 @@ def smooth_stage(
         aux0=jnp.zeros(prob.markers.shape, q_init.dtype),
         mu=params.mu_init,
     )
+    cap = opts.max_iters_smooth
     s = lm_while(ops, s, lo, hi, params.tol_cost, 0.0, cap, cap + 1)
     status = jnp.where(s.done & ~s.stalled, CONVERGED, MAX_ITERS)
     return s.q, s.it, status, s.H, s.aux

@@ -91,10 +91,14 @@ def _seq_segment(tree, opts: IKOptions, whole: bool, params, prob, q_prev, has_p
     if whole and opts.second_stage:
         q, it_s, smooth_status, H, x = _second_stage(tree, opts, params, prob, q, ok)
         it = it + it_s
-    if not (whole and opts.smoothing):  # gaps stay NaN unless the smoothing prior fills them
-        q = jnp.where(ok[:, None], q, jnp.nan)
-        x = jnp.where(ok[:, None, None], x, jnp.nan)
+    if not (whole and opts.smoothing):
+        q, x = _gaps_nan(q, x, ok)
     return tuple(report(tree, prob, q, status, it, H, x, smooth_status)) + end
+
+
+def _gaps_nan(q, x, ok):
+    """Frames not ``ok`` as NaN (without smoothing no prior fills them)."""
+    return jnp.where(ok[:, None], q, jnp.nan), jnp.where(ok[:, None, None], x, jnp.nan)
 
 
 def _second_stage(tree, opts: IKOptions, params, prob, q_pf, ok):
@@ -108,8 +112,7 @@ def _seq_window(tree, opts: IKOptions, params, prob, q_init, ok, status, it, seq
     """The second stage on one window from the per-frame solution, then the report."""
     q, it_s, smooth_status, H, x = _second_stage(tree, opts, params, prob, q_init, ok)
     if not opts.smoothing:
-        q = jnp.where(ok[:, None], q, jnp.nan)
-        x = jnp.where(ok[:, None, None], x, jnp.nan)
+        q, x = _gaps_nan(q, x, ok)
     return tuple(report(tree, prob, q, status, it + it_s, H, x, smooth_status))
 
 
