@@ -301,7 +301,7 @@ def test_segmented_long_trial_equals_whole(two_link_trial):
     z = np.concatenate([z, z[::-1], z], 0)  # 450 frames
     z[200:203] = np.nan  # a gap across nothing in particular
     for lam, cont in ((0.0, 0.0), (0.05, 0.0), (0.0, 1e-4)):
-        base = dict(min_markers=2, smooth_acc=lam, chunk=8, continuity=cont)
+        base = dict(min_markers=2, smooth_acc=lam, chunk=8, continuity=cont, tol_cost=1e-6)
         whole = solve_ik(tree, z, options=IKOptions(**base, segment=1024))
         seg = solve_ik(tree, z, options=IKOptions(**base, segment=128))
         assert seg.q.shape == whole.q.shape == (450, 2)
@@ -334,7 +334,7 @@ def test_bounds_active_set_reaches_the_constrained_optimum(tmp_path):
     q_true = np.stack([np.linspace(-0.5, 0.5, 64), np.linspace(0.5, 1.2, 64)], -1)
     z = np.asarray(forward_kinematics(tree, jnp.asarray(q_true)).markers)
     z = z + 0.003 * np.random.default_rng(2).normal(size=z.shape)
-    res = solve_ik(tree, z, options=IKOptions(min_markers=2))
+    res = solve_ik(tree, z, options=IKOptions(min_markers=2, tol_cost=1e-6))
     assert np.all(np.asarray(res.status) == 0)
     assert np.max(np.asarray(res.iterations)) < 30
     q = np.asarray(res.q)

@@ -146,16 +146,20 @@ def _radius_step(ops: LMOps, s: LMState, free):
     still outside is scaled onto the radius. Returns the step, the damping used, and whether
     the radius bound it."""
 
-    def raise_damping(_, c):
-        d, mu = c
-        over = jnp.max(jnp.abs(d)) / s.radius
-        # a cond, not a select: an unbatched problem (the smoothing stage) skips the solve
-        return jax.lax.cond(
-            over > 1.0, lambda: (ops.solve(s.H, s.g, mu * over, free), mu * over), lambda: (d, mu)
-        )
+    def outside(c):
+        d, _, k = c
+        return (k < RADIUS_SOLVES) & (jnp.max(jnp.abs(d)) > s.radius)
 
+    def raise_damping(c):
+        d, mu, k = c
+        mu = mu * jnp.max(jnp.abs(d)) / s.radius
+        return ops.solve(s.H, s.g, mu, free), mu, k + 1
+
+    # a while_loop: under vmap its body runs only while some lane's step is outside the
+    # radius (a fori_loop of conds ran all RADIUS_SOLVES solves on every lane: vmap turns a
+    # cond into a select of both branches)
     d0 = ops.solve(s.H, s.g, s.mu, free)
-    d, mu = jax.lax.fori_loop(0, RADIUS_SOLVES, raise_damping, (d0, s.mu))
+    d, mu, _ = jax.lax.while_loop(outside, raise_damping, (d0, s.mu, jnp.asarray(0, jnp.int32)))
     big = jnp.max(jnp.abs(d))
     d = d * jnp.minimum(1.0, s.radius / jnp.maximum(big, 1e-300))
     return d, mu, jnp.max(jnp.abs(d0)) > s.radius

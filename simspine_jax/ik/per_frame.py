@@ -193,7 +193,7 @@ def per_frame_stage(
 ):
     """Per-frame LM on every frame of one (padded) sequence. Shapes: q_start (n,) the start of
     the coarse chain (``cold_start``: the robust start, not a solved frame). Returns q (T, n),
-    iterations, status, ok (T,), J'J (T, n, n) and model markers (T, M, 3).
+    iterations, status, ok, cost (T,), J'J (T, n, n) and model markers (T, M, 3).
 
     ``seq_axis``: the vmap axis name when sequences are vmapped; the rounds then continue
     until every sequence of the batch is finished (a finished one's lanes idle), so the loop's
@@ -358,4 +358,4 @@ def per_frame_stage(
         jnp.where(st.done, jnp.where(st.stalled, STALLED, CONVERGED), MAX_ITERS),
         FEW_MARKERS,
     )
-    return st.q, st.it, status, ok, st.H, st.aux
+    return st.q, st.it, status, ok, st.cost, st.H, st.aux

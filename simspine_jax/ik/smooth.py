@@ -16,10 +16,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._banded import banded_solve
+from ..fk import _fk_one, _full_one
 from .lm import LMOps, lm_start, lm_while
-from .problem import CONVERGED, MAX_ITERS, IKOptions, IKParams, IKProblem, bounds, frame_inputs
+from .problem import (
+    CONVERGED,
+    MAX_ITERS,
+    IKOptions,
+    IKParams,
+    IKProblem,
+    bounds,
+    frame_inputs,
+    task_scale,
+)
 from .problem import frame_terms as _frame_terms
-from .problem import residual as _residual
 
 
 def bands(valid, lam_v, lam_a, dtype):
@@ -142,7 +151,7 @@ CONTINUITY_BLEND = (0.5, 0.25, 0.0)  # fractions of the pass's change kept when 
 CONTINUITY_MIN_RMS = 1e-4  # m: below this median residual the continuity pass is skipped
 
 
-def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_pf, ok):
+def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q_pf, ok, pf=None):
     """The continuity pass at lambda = 0 (see ``IKOptions.continuity``): from the per-frame
     minima ``q_pf`` (T, n; gaps filled), ``max_iters_continuity`` red-black sweeps of one
     Gauss-Newton step per frame on its cost plus a velocity penalty to its neighbours, lambda =
@@ -150,42 +159,71 @@ def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q
     whose per-frame cost (OpenSim's objective) exceeds its per-frame minimum's by more than
     ``continuity_guard`` keeps only half, a quarter or none of its change, the largest
     fraction within the guard (none always is). Skipped on data the per-frame minima fit
-    (median weighted RMS residual < 0.1 mm: noise-free markers). Returns what
-    :func:`smooth_stage` returns (status CONVERGED: a fixed number of sweeps; iterations: the
-    sweeps, one FK + Jacobian pass per frame each), J'J and markers evaluated at the result."""
+    (median weighted RMS residual < 0.1 mm: noise-free markers).
+
+    ``pf``: the per-frame stage's (cost (T,), J'J (T, n, n), model markers (T, M, 3)) at
+    ``q_pf`` where the caller has them (else one FK + Jacobian pass computes them). Returns
+    what :func:`smooth_stage` returns (status CONVERGED: a fixed number of sweeps; iterations:
+    the sweeps, one FK + Jacobian pass per frame each). Model markers are those of the
+    result; J'J (for the report's sensitivities) is evaluated at the sweeps' result, so for a
+    frame blended half or a quarter back it belongs to a point within the guard's cost of it,
+    and for a frame returned to its minimum it is the minimum's own."""
     z, w, _ = frame_inputs(prob.markers, prob.marker_weight[None, :])
     w = jnp.where(ok[:, None], w, 0.0)
     ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
     used = prob.marker_weight > 0
     wbar = jnp.sum(prob.marker_weight) / jnp.maximum(jnp.sum(used), 1)
+    terms = jax.vmap(lambda q, z, w, ct: _frame_terms(tree, q, z, w, ci, cw, ct))
 
-    def costs(q):
-        r = jax.vmap(lambda q, z, w, ct: _residual(tree, q, z, w, ci, cw, ct))(q, z, w, ct)
-        return jnp.sum(r**2, axis=1)
+    def terms_at(q):
+        x, _, r, J = terms(q, z, w, ct)
+        return jnp.sum(r**2, axis=1), jnp.einsum("tri,trj->tij", J, J), x
 
-    c_min = costs(q_pf)
+    def costs_at(q):
+        """Per-frame cost and model markers (FK only)."""
+
+        def one(q, z, w, ct):
+            qf = _full_one(tree, q)
+            x = _fk_one(tree, qf).markers
+            rm = (x - z) * jnp.sqrt(w)[:, None]
+            rc = task_scale(w, cw) * (qf[ci] - ct)
+            return jnp.sum(rm**2) + jnp.sum(rc**2), x
+
+        return jax.vmap(one)(q, z, w, ct)
+
+    c_min, H_pf, x_pf = terms_at(q_pf) if pf is None else pf
+    c_min = jnp.where(ok, c_min, 0.0)
     # data the per-frame minima fit (median weighted RMS residual below CONTINUITY_MIN_RMS):
     # their minima are determined and continuous already; the pass is skipped
     rms = jnp.sqrt(c_min / jnp.maximum(jnp.sum(w, axis=1), 1e-300))
     fitted = jnp.nanmedian(jnp.where(ok, rms, jnp.nan)) < CONTINUITY_MIN_RMS
     skip = fitted | ~jnp.any(ok)
-    q_c = jax.lax.cond(
-        skip,
-        lambda: q_pf,
-        lambda: _continuity_sweeps(
-            tree, prob, q_pf, ok, z, w, params.continuity * wbar, opts.max_iters_continuity
-        ),
-    )
-    it = jnp.where(skip, 0, opts.max_iters_continuity)
     limit = (1.0 + params.continuity_guard) * c_min
-    q, c = q_c, costs(q_c)
-    for a in CONTINUITY_BLEND:
-        over = c > limit
-        q_a = q_pf + a * (q_c - q_pf)
-        q = jnp.where(over[:, None], q_a, q)
-        c = jnp.where(over, costs(q_a), c)
-    x, _, _, J = jax.vmap(lambda q, z, w, ct: _frame_terms(tree, q, z, w, ci, cw, ct))(q, z, w, ct)
-    H = jnp.einsum("tri,trj->tij", J, J)
+
+    def run():
+        q_c = _continuity_sweeps(
+            tree, prob, q_pf, ok, z, w, params.continuity * wbar, opts.max_iters_continuity
+        )
+        c, H, x = terms_at(q_c)
+        q = q_c
+        for a in CONTINUITY_BLEND[:-1]:  # partial blends, evaluated only where needed
+
+            def blend(q, c, x, a=a):
+                over = c > limit
+                q_a = jnp.where(over[:, None], q_pf + a * (q_c - q_pf), q)
+                c_a, x_a = costs_at(q_a)
+                return q_a, jnp.where(over, c_a, c), jnp.where(over[:, None, None], x_a, x)
+
+            q, c, x = jax.lax.cond(jnp.any(c > limit), blend, lambda q, c, x: (q, c, x), q, c, x)
+        assert CONTINUITY_BLEND[-1] == 0.0  # the last resort: the minimum itself
+        back = c > limit
+        q = jnp.where(back[:, None], q_pf, q)
+        H = jnp.where(back[:, None, None], H_pf, H)
+        x = jnp.where(back[:, None, None], x_pf, x)
+        return q, H, x
+
+    q, H, x = jax.lax.cond(skip, lambda: (q_pf, H_pf, x_pf), run)
+    it = jnp.where(skip, 0, opts.max_iters_continuity)
     return q, it, jnp.asarray(CONVERGED, jnp.int32), H, x
 
 

@@ -81,7 +81,7 @@ def _seq_segment(tree, opts: IKOptions, whole: bool, params, prob, q_prev, has_p
         )  # fmt: skip
 
     q_start = jax.lax.cond(has_prev, lambda: q_prev, fresh)
-    q, it, status, ok, H, x = per_frame_stage(
+    q, it, status, ok, cost, H, x = per_frame_stage(
         tree, opts, params, prob, q_start, ~has_prev, seq_axis
     )
     T = q.shape[0]
@@ -89,7 +89,7 @@ def _seq_segment(tree, opts: IKOptions, whole: bool, params, prob, q_prev, has_p
     end = (jnp.where(jnp.any(ok), q[last], q_prev), has_prev | jnp.any(ok))
     smooth_status = jnp.asarray(CONVERGED, jnp.int32)
     if whole and opts.second_stage:
-        q, it_s, smooth_status, H, x = _second_stage(tree, opts, params, prob, q, ok)
+        q, it_s, smooth_status, H, x = _second_stage(tree, opts, params, prob, q, ok, (cost, H, x))
         it = it + it_s
     if not (whole and opts.smoothing):
         q, x = _gaps_nan(q, x, ok)
@@ -101,11 +101,13 @@ def _gaps_nan(q, x, ok):
     return jnp.where(ok[:, None], q, jnp.nan), jnp.where(ok[:, None, None], x, jnp.nan)
 
 
-def _second_stage(tree, opts: IKOptions, params, prob, q_pf, ok):
-    """Smoothing stage, or (lambda = 0) the continuity pass, from the per-frame solution."""
+def _second_stage(tree, opts: IKOptions, params, prob, q_pf, ok, pf=None):
+    """Smoothing stage, or (lambda = 0) the continuity pass, from the per-frame solution
+    (``pf``: its cost, J'J and markers where known, for the continuity pass)."""
     q = fill_gaps(q_pf, ok)
-    stage = smooth_stage if opts.smoothing else continuity_stage
-    return stage(tree, opts, params, prob, q, ok)
+    if opts.smoothing:
+        return smooth_stage(tree, opts, params, prob, q, ok)
+    return continuity_stage(tree, opts, params, prob, q, ok, pf)
 
 
 def _seq_window(tree, opts: IKOptions, params, prob, q_init, ok, status, it, seq_axis):
