@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._banded import banded_solve
 from ..fk import _fk_one, _full_one
@@ -205,16 +204,22 @@ def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q
             tree, prob, q_pf, ok, z, w, params.continuity * wbar, opts.max_iters_continuity
         )
         c, H, x = terms_at(q_c)
-        q = q_c
-        for a in CONTINUITY_BLEND[:-1]:  # partial blends, evaluated only where needed
+        blends = jnp.asarray(CONTINUITY_BLEND[:-1], q_c.dtype)
 
-            def blend(q, c, x, a=a):
+        def blend(i, qcx):
+            """Frames over the guard keep the fraction blends[i] of their change (evaluated
+            only when some frame is over: one FK pass)."""
+
+            def go(q, c, x):
                 over = c > limit
-                q_a = jnp.where(over[:, None], q_pf + a * (q_c - q_pf), q)
+                q_a = jnp.where(over[:, None], q_pf + blends[i] * (q_c - q_pf), q)
                 c_a, x_a = costs_at(q_a)
                 return q_a, jnp.where(over, c_a, c), jnp.where(over[:, None, None], x_a, x)
 
-            q, c, x = jax.lax.cond(jnp.any(c > limit), blend, lambda q, c, x: (q, c, x), q, c, x)
+            q, c, x = qcx
+            return jax.lax.cond(jnp.any(c > limit), go, lambda q, c, x: (q, c, x), q, c, x)
+
+        q, c, x = jax.lax.fori_loop(0, len(CONTINUITY_BLEND) - 1, blend, (q_c, c, x))
         assert CONTINUITY_BLEND[-1] == 0.0  # the last resort: the minimum itself
         back = c > limit
         q = jnp.where(back[:, None], q_pf, q)
@@ -248,16 +253,19 @@ def _continuity_sweeps(tree, prob: IKProblem, q, ok, z, w, lam, n_sweeps: int):
         return jnp.clip(q - jnp.linalg.solve(A, b), lo, hi)
 
     okf = ok.astype(q.dtype)
-    halves = [np.arange(p, T, 2) for p in (0, 1)]
+    half = jnp.arange((T + 1) // 2)
 
-    def sweep(_, q):
-        for idx in halves:
-            il, ir = np.maximum(idx - 1, 0), np.minimum(idx + 1, T - 1)
-            hl = jnp.where(idx > 0, okf[il], 0.0)
-            hr = jnp.where(idx < T - 1, okf[ir], 0.0)
-            qn = jax.vmap(step)(q[idx], z[idx], w[idx], ct[idx], q[il], q[ir], hl, hr)
-            upd = ok[idx] & ((hl + hr) > 0)
-            q = q.at[idx].set(jnp.where(upd[:, None], qn, q[idx]))
-        return q
+    def half_sweep(k, q):
+        # frames of parity k % 2, given the others (one traced body for both halves: the
+        # FK + Jacobian pass is the bulk of the compiled program)
+        raw = k % 2 + 2 * half
+        inside = raw < T
+        idx = jnp.minimum(raw, T - 1)
+        il, ir = jnp.maximum(idx - 1, 0), jnp.minimum(idx + 1, T - 1)
+        hl = jnp.where(idx > 0, okf[il], 0.0)
+        hr = jnp.where(idx < T - 1, okf[ir], 0.0)
+        qn = jax.vmap(step)(q[idx], z[idx], w[idx], ct[idx], q[il], q[ir], hl, hr)
+        upd = inside & ok[idx] & ((hl + hr) > 0)
+        return q.at[jnp.where(inside, idx, T)].set(jnp.where(upd[:, None], qn, q[idx]), mode="drop")
 
-    return jax.lax.fori_loop(0, n_sweeps, sweep, q)
+    return jax.lax.fori_loop(0, 2 * n_sweeps, half_sweep, q)
