@@ -210,13 +210,19 @@ def task_scale(w, cw):
     return jnp.sqrt(cw * jnp.sum(w, axis=-1, keepdims=jnp.ndim(cw) > 1))
 
 
-def residual(tree: KinematicTree, q, z, w, ci, cw, ct):
-    """Weighted residual of one frame (FK only, no Jacobian). Shape: (3M + K,)."""
+def residual_and_markers(tree: KinematicTree, q, z, w, ci, cw, ct):
+    """Weighted residual of one frame (FK only, no Jacobian) and the model markers.
+    Shapes: (3M + K,), (M, 3)."""
     qf = _full_one(tree, q)
     zhat = _fk_one(tree, qf).markers
     rm = (zhat - z) * jnp.sqrt(w)[:, None]
     rc = task_scale(w, cw) * (qf[ci] - ct)
-    return jnp.concatenate([rm.reshape(-1), rc])
+    return jnp.concatenate([rm.reshape(-1), rc]), zhat
+
+
+def residual(tree: KinematicTree, q, z, w, ci, cw, ct):
+    """Weighted residual of one frame (FK only, no Jacobian). Shape: (3M + K,)."""
+    return residual_and_markers(tree, q, z, w, ci, cw, ct)[0]
 
 
 def frame_terms(tree: KinematicTree, q, z, w, ci, cw, ct):

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from .._banded import banded_solve
-from ..fk import _fk_one, _full_one
 from .lm import LMOps, lm_start, lm_while
 from .problem import (
     CONVERGED,
@@ -25,7 +24,7 @@ from .problem import (
     IKProblem,
     bounds,
     frame_inputs,
-    task_scale,
+    residual_and_markers,
 )
 from .problem import frame_terms as _frame_terms
 
@@ -180,15 +179,10 @@ def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q
 
     def costs_at(q):
         """Per-frame cost and model markers (FK only)."""
-
-        def one(q, z, w, ct):
-            qf = _full_one(tree, q)
-            x = _fk_one(tree, qf).markers
-            rm = (x - z) * jnp.sqrt(w)[:, None]
-            rc = task_scale(w, cw) * (qf[ci] - ct)
-            return jnp.sum(rm**2) + jnp.sum(rc**2), x
-
-        return jax.vmap(one)(q, z, w, ct)
+        r, x = jax.vmap(lambda q, z, w, ct: residual_and_markers(tree, q, z, w, ci, cw, ct))(
+            q, z, w, ct
+        )
+        return jnp.sum(r**2, axis=1), x
 
     c_min, H_pf, x_pf = terms_at(q_pf) if pf is None else pf
     c_min = jnp.where(ok, c_min, 0.0)
@@ -253,19 +247,18 @@ def _continuity_sweeps(tree, prob: IKProblem, q, ok, z, w, lam, n_sweeps: int):
         return jnp.clip(q - jnp.linalg.solve(A, b), lo, hi)
 
     okf = ok.astype(q.dtype)
-    half = jnp.arange((T + 1) // 2)
+    assert T % 2 == 0, T  # padded lengths are multiples of 2 * chunk
+    half = 2 * jnp.arange(T // 2)
 
     def half_sweep(k, q):
         # frames of parity k % 2, given the others (one traced body for both halves: the
         # FK + Jacobian pass is the bulk of the compiled program)
-        raw = k % 2 + 2 * half
-        inside = raw < T
-        idx = jnp.minimum(raw, T - 1)
+        idx = k % 2 + half
         il, ir = jnp.maximum(idx - 1, 0), jnp.minimum(idx + 1, T - 1)
         hl = jnp.where(idx > 0, okf[il], 0.0)
         hr = jnp.where(idx < T - 1, okf[ir], 0.0)
         qn = jax.vmap(step)(q[idx], z[idx], w[idx], ct[idx], q[il], q[ir], hl, hr)
-        upd = inside & ok[idx] & ((hl + hr) > 0)
-        return q.at[jnp.where(inside, idx, T)].set(jnp.where(upd[:, None], qn, q[idx]), mode="drop")
+        upd = ok[idx] & ((hl + hr) > 0)
+        return q.at[idx].set(jnp.where(upd[:, None], qn, q[idx]))
 
     return jax.lax.fori_loop(0, 2 * n_sweeps, half_sweep, q)
