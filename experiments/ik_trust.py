@@ -66,7 +66,13 @@ carries (null where a value does not apply, e.g. OpenSim's with ``--no-opensim``
 * ``smooth``: one per smoothed trial: ``truth_rms_deg_core`` (ours smoothed),
   ``opensim_truth_rms_deg_core``, ``truth_rms_deg_core_lambda0`` (ours unsmoothed),
   ``truth_ratio`` (smoothed ours / OpenSim), ``truth_rms_per_coordinate`` (both sides; degrees,
-  pelvis translations in mm).
+  pelvis translations in mm); ``objective_rms_deg_core`` / ``opensim_objective_rms_deg_core`` /
+  ``objective_ratio``: the same against the objective's noise-free optimum (our lambda = 0
+  solve of the true motion's markers with the trial's weights and coordinate tasks). Without
+  coordinate tasks that optimum is the truth; a setup's tasks pull their coordinates toward
+  fixed targets, which biases the optimum -- OpenSim's and ours alike (SimSpine37 setup, 5 mm:
+  pelvis tilt, hip and neck flexion ~5-9 deg off the truth for both) -- and only the noise on
+  top of that bias is smoothing's to remove.
 * ``target``: one per issue target, ``pass`` true/false (null when nothing could be checked, e.g.
   without OpenSim), the figure that decides it (``value``, ``limit``) and the failing trials:
   ``noise_free_fit`` (every frame of every noise-free trial fits: ``fit_fraction`` == 1; trials
@@ -74,7 +80,8 @@ carries (null where a value does not apply, e.g. OpenSim's with ``--no-opensim``
   there the optimum itself misfits, OpenSim's too; ``opensim_value``: OpenSim's figure),
   ``noisy_cost`` (every noisy trial: ``fraction_within_2pct`` >= 0.99 and ``cost_ratio_mean``
   <= 1), ``max_iters`` (every lambda = 0 trial: ``max_iters_fraction`` <= 0.01),
-  ``smoothing_truth`` (every smoothed trial: ``truth_ratio`` <= 0.5).
+  ``smoothing_truth`` (every smoothed trial: ``objective_ratio`` <= 0.5; equal to
+  ``truth_ratio`` where there are no coordinate tasks).
 
 OpenSim's results are kept in ``OUT/opensim_cache/`` keyed by a hash of the TRC, the setup (or
 "uniform"), the marker set and the model files; ``--reuse-opensim`` takes them from there
@@ -605,11 +612,14 @@ def evaluate_targets(trials: list[dict], smooths: list[dict]) -> list[dict]:
         ),
         _target(
             "smoothing_truth",
-            f"smoothed trials: core truth RMS (deg) <= {SMOOTH_TRUTH_RATIO_MAX:g} x OpenSim's",
+            f"smoothed trials: core RMS error (deg) against the objective's noise-free optimum "
+            f"(the truth where there are no coordinate tasks) <= {SMOOTH_TRUTH_RATIO_MAX:g} x "
+            "OpenSim's",
             smooths,
-            "truth_ratio",
+            "objective_ratio",
             SMOOTH_TRUTH_RATIO_MAX,
-            lambda r: r["truth_ratio"] <= SMOOTH_TRUTH_RATIO_MAX,
+            lambda r: r["objective_ratio"] is not None
+            and r["objective_ratio"] <= SMOOTH_TRUTH_RATIO_MAX,
             max,
         ),
         _target(
@@ -807,7 +817,7 @@ def main(argv=None) -> int:
                 load_avg=_load_avg(),
                 **base,
             )
-            ref_truth = None
+            ref_truth, q_ref = None, None
             if ref is not None:
                 q_ref = np.asarray(ref["q_full"])[:, tree.topology.indep_coord]
                 mr = frame_measures(tree, q_ref, markers, weights, tasks, args.fit_mm)
@@ -837,6 +847,20 @@ def main(argv=None) -> int:
                 res_s, wall_s, _ = _solve_timed(tree, markers, weights, tasks, smooth)
                 ts = truth_errors(tree, res_s.q, tr["q_true"])
                 ref_deg = None if ref_truth is None else ref_truth["deg_core"]
+                # the objective's own noise-free optimum: the same weights and coordinate
+                # tasks on the true motion's markers (no noise, no gaps). Without coordinate
+                # tasks it is the truth; with them (a setup's tasks pull coordinates toward
+                # fixed targets) it is biased the same for every solver, and noise removal --
+                # what smoothing can do -- is measured against it
+                q_obj = tr["q_true"]
+                if tasks is not None:
+                    from simspine_jax import marker_positions
+
+                    m_true = np.asarray(marker_positions(tree, tr["q_true"]))
+                    q_obj, _, _ = _solve_timed(tree, m_true, weights, tasks, lam0)
+                    q_obj = np.asarray(q_obj.q)
+                to = truth_errors(tree, res_s.q, q_obj)
+                ref_obj = None if q_ref is None else truth_errors(tree, q_ref, q_obj)
                 srec = dict(
                     kind="smooth",
                     trial=spec.name,
@@ -857,6 +881,11 @@ def main(argv=None) -> int:
                     opensim_truth_rms_mm_pelvis=None
                     if ref_truth is None
                     else ref_truth["mm_pelvis"],
+                    objective_rms_deg_core=to["deg_core"],
+                    opensim_objective_rms_deg_core=None if ref_obj is None else ref_obj["deg_core"],
+                    objective_ratio=None
+                    if ref_obj is None or to["deg_core"] is None or not ref_obj["deg_core"]
+                    else to["deg_core"] / ref_obj["deg_core"],
                     truth_rms_per_coordinate=dict(
                         ours_smooth=ts["per_coordinate"],
                         opensim=None if ref_truth is None else ref_truth["per_coordinate"],

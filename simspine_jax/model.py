@@ -151,6 +151,24 @@ class Topology:
             out.append((idx, self.arrays["body_parent"][idx]))
         return out
 
+    @cached_property
+    def level_plan(self) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """:attr:`levels` as FK composes them without scatters: per depth, (body indices,
+        each parent's position within the previous depth's bodies); and the permutation that
+        takes the depth-ordered concatenation (ground first) back to body order."""
+        depth = self.arrays["body_depth"]
+        if int(np.sum(depth == 0)) != 1 or depth[0] != 0:
+            raise ValueError("body 0 must be the only body at depth 0 (ground)")
+        plan, prev, order = [], np.array([0]), [np.array([0])]
+        for idx, par in self.levels:
+            pos = np.searchsorted(prev, par)
+            if not np.array_equal(prev[np.minimum(pos, len(prev) - 1)], par):
+                raise ValueError("a body's parent is not one depth above it")
+            plan.append((idx, pos))
+            prev = idx
+            order.append(idx)
+        return plan, np.argsort(np.concatenate(order))
+
 
 @jax.tree_util.register_pytree_node_class
 @dataclass(frozen=True, eq=False)

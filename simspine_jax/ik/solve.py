@@ -225,7 +225,7 @@ def _resolve(options: IKOptions) -> IKOptions:
         raise InputError(
             f"banded must be auto, thomas or cyclic, got {options.banded!r}", field="banded"
         )
-    for name, least in (("lanes", 0), ("round_iters", 1), ("max_iters", 1), ("min_markers", 1)):
+    for name, least in (("lanes", 0), ("round_iters", 0), ("max_iters", 1), ("min_markers", 1)):
         if getattr(options, name) < least:
             raise InputError(f"{name} must be >= {least}, got {getattr(options, name)}", field=name)
     if options.max_iters_smooth < 1:
