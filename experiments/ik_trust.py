@@ -618,8 +618,9 @@ def evaluate_targets(trials: list[dict], smooths: list[dict]) -> list[dict]:
             smooths,
             "objective_ratio",
             SMOOTH_TRUTH_RATIO_MAX,
-            lambda r: r["objective_ratio"] is not None
-            and r["objective_ratio"] <= SMOOTH_TRUTH_RATIO_MAX,
+            lambda r: (
+                r["objective_ratio"] is not None and r["objective_ratio"] <= SMOOTH_TRUTH_RATIO_MAX
+            ),
             max,
         ),
         _target(
