@@ -20,6 +20,12 @@ os.environ.setdefault("SIMSPINE_JAX_CACHE", tempfile.mkdtemp(prefix="simspine-ja
 # the process, many programs compiled) XLA segfaulted serializing an executable into it, in
 # the same test on every run (jaxlib 0.10.2; child processes inherit the setting)
 os.environ.setdefault("SIMSPINE_JAX_XLA_CACHE", "0")
+# JAX's backend starts now, with the XLA flags this session was given (JAX's defaults unless
+# the caller set XLA_FLAGS): the CLI's in-process tests (``cli.main`` tunes XLA_FLAGS when the
+# backend has not started) can no longer change the flags of the tests after them, so every
+# test sees the same compiled code whichever module a worker runs first. (A Halpe26 frame
+# landed in a different local minimum under the CLI's flags: rounding-level differences.)
+jax.devices()
 
 from pathlib import Path  # noqa: E402
 
@@ -37,6 +43,18 @@ def setup_dir() -> Path:
         return pose2sim_setup_dir()
     except (SimSpineError, FileNotFoundError) as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(autouse=True)
+def _restore_xla_flags():
+    """``cli.main`` called in-process writes the CLI's flags into ``XLA_FLAGS``; restored after
+    each test, so child processes of later tests inherit the session's flags."""
+    before = os.environ.get("XLA_FLAGS")
+    yield
+    if before is None:
+        os.environ.pop("XLA_FLAGS", None)
+    else:
+        os.environ["XLA_FLAGS"] = before
 
 
 @pytest.fixture(scope="module", autouse=True)
