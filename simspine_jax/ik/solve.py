@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._xla import release_if_near_map_limit
+from .._xla import release_if_near_map_limit_throttled
 from ..errors import InputError
 from ..model import KinematicTree
 from .per_frame import per_frame_stage, robust_start
@@ -283,7 +283,7 @@ def solve_ik_batch(
     if not sequences:
         return []
     _check_dtype(tree)
-    release_if_near_map_limit()
+    release_if_near_map_limit_throttled()
     lengths = [int(np.shape(s)[0]) if np.ndim(s) == 3 else 0 for s in sequences]
     tasks = coord_tasks if isinstance(coord_tasks, list) else [coord_tasks] * len(sequences)
     if len(tasks) != len(sequences):
