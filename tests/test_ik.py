@@ -271,7 +271,7 @@ def test_new_lambda_tolerance_or_weights_reuse_the_compiled_solver(two_link_tria
     # counting traces needs the caches kept: drop them once now (memory-map headroom), and
     # keep the solver from dropping them near the limit during the count
     jax.clear_caches()
-    monkeypatch.setattr(solve_mod, "release_if_near_map_limit", lambda: False)
+    monkeypatch.setattr(solve_mod, "release_if_near_map_limit_throttled", lambda: False)
     tree, _, z = two_link_trial
     solve_ik(tree, z, options=IKOptions(min_markers=2, smooth_acc=0.1))
     n = _program_jit._cache_size()
