@@ -42,6 +42,7 @@ def test_bench_ik_quick_prints_json_lines(capsys):
         assert r["impl"] == "jax" and r["frames"] == 64 and r["batch"] == 1
         assert r["dtype"] == "float64" and r["lambda_v"] == 0.0 and r["lambda_a"] == 0.0
         assert r["wall_s"] > 0 and r["frames_per_s"] > 0 and r["repeats"] >= 3
+        assert r["frames_per_s_best"] >= r["frames_per_s"]
         assert math.isfinite(r["compile_s"]) and r["device"].startswith(("cpu", "gpu", "cuda"))
         assert r["marker_rms_mm"] >= 0
     clean = next(r for r in meas if r["trial"] == "clean")
