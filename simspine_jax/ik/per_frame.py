@@ -291,10 +291,11 @@ def per_frame_stage(
 
     coarse = np.nonzero(level == 0)[0]
 
-    # second start of every coarse frame: the root from the chain, every other coordinate at
-    # its default (the pose the robust start fits): the chain cannot carry a frame's limb into
-    # another local minimum for the rest of the trial (official SimSpine markers, 5 mm noise:
-    # an arm rotated ~150 deg the other way from frame 66 on, up to 8x OpenSim's cost)
+    # second start of a coarse frame that the chain's start did not fit: the root from the
+    # chain, every other coordinate at its default (the pose the robust start fits): the chain
+    # cannot carry a frame's limb into another local minimum for the rest of the trial
+    # (official SimSpine markers, 5 mm noise: an arm rotated ~150 deg the other way from frame
+    # 66 on, up to 8x OpenSim's cost)
     rot, trans = root_coords(tree)
     is_root = np.zeros(n, bool)
     is_root[np.concatenate([rot, trans]).astype(np.int64)] = True
