@@ -20,11 +20,13 @@ Prints one JSON line per measurement (progress notes go to stderr):
   ``wall_s`` (``program_reused: true`` when an earlier line already compiled the same program;
   ``null`` for OpenSim, which compiles nothing: its model load is in ``setup_s``).
   ``frames_per_s`` = batch * frames / wall_s; ``frames_per_s_best`` the same from the fastest
-  steady call (JAX lines). ``marker_rms_mm``: mean over frames of the
-  per-frame RMS marker error as the solver reports it (OpenSim's ``_ik_marker_errors.sto``,
-  our ``IKResult.rms_error``); ``marker_rms_mm_fk64`` is the same recomputed from the returned
-  coordinates with our float64 FK, identically for both. ``cpu_s``: process CPU time of a
-  steady call (a steadier figure on a busy machine; JAX uses every core, OpenSim one).
+  steady call (JAX lines: on a shared 2-core VM the same program ran at two speeds ~35 % apart
+  for minutes at a time, so the median alone depends on the machine's state).
+  ``marker_rms_mm``: mean over frames of the per-frame RMS marker error as the solver reports
+  it (OpenSim's ``_ik_marker_errors.sto``, our ``IKResult.rms_error``); ``marker_rms_mm_fk64``
+  is the same recomputed from the returned coordinates with our float64 FK, identically for
+  both. ``cpu_s``: process CPU time of a steady call (a steadier figure on a busy machine; JAX
+  uses every core, OpenSim one).
   ``cost_mean``: mean weighted per-frame cost (:func:`simspine_jax.pipeline.frame_costs`),
   the same function for both; ``frames_cost_gt_opensim_2pct`` counts frames where ours is
   more than 2% above OpenSim's. ``rot_rmse_deg_vs_truth``: median over rotational independent
@@ -221,7 +223,7 @@ def _resolve_setup(args):
 def _time_calls(call, min_runs: int, min_time: float, max_runs: int = 20):
     """First call, then >= ``min_runs`` steady calls (more while under ``min_time`` s).
 
-    Returns (first_s, wall_s median, cpu_s median, runs, last result)."""
+    Returns (first_s, wall_s median, cpu_s median, runs, last result, fastest wall_s)."""
     import jax
 
     walls, cpus = [], []
@@ -241,16 +243,10 @@ def _time_calls(call, min_runs: int, min_time: float, max_runs: int = 20):
             cpus.append(time.process_time() - c0)
     finally:
         faulthandler.cancel_dump_traceback_later()
-    _LAST_WALLS[:] = walls
-    return first, statistics.median(walls), statistics.median(cpus), len(walls), out
+    return first, statistics.median(walls), statistics.median(cpus), len(walls), out, min(walls)
 
 
 _HANG_TIMEOUT = [0.0]
-# the steady calls' wall times of the last _time_calls: the fastest one is reported beside the
-# median (``frames_per_s_best``). On a shared 2-core VM the same program ran at two speeds
-# ~35 % apart for minutes at a time (noisy 500-frame solve: 450 or 615 ms a call), so the
-# median alone depends on which state the machine was in
-_LAST_WALLS: list[float] = []
 
 
 def _watchdog() -> None:
@@ -476,7 +472,7 @@ def bench_jax(args, tree64, trials, weights, tasks, configs, opensim, base, devi
                 return lambda: solve_ik(tree, mk, weights, tasks, opts)
 
             try:
-                first, wall, cpu, runs, res = _timed(dtype, make_call, args)
+                first, wall, cpu, runs, res, best = _timed(dtype, make_call, args)
             except InputError as e:  # e.g. a solver that refuses float32 trees
                 _note(f"jax {dtype} {lam} skipped: {e}")
                 break
@@ -496,7 +492,7 @@ def bench_jax(args, tree64, trials, weights, tasks, configs, opensim, base, devi
                 compile_s=first - wall,
                 wall_s=wall,
                 frames_per_s=trial["frames"] / wall,
-                frames_per_s_best=trial["frames"] / min(_LAST_WALLS),
+                frames_per_s_best=trial["frames"] / best,
                 device=device,
                 first_call_s=first,
                 cpu_s=cpu,
@@ -528,7 +524,7 @@ def bench_batch(args, tree64, weights, tasks, batches, base, device):
     out = {}
     for B in batches:
         _note(f"jax batch {B} x {args.frames} frames: compiling/solving")
-        first, wall, cpu, runs, res = _timed(
+        first, wall, cpu, runs, res, best = _timed(
             "float64",
             lambda b=B: lambda: solve_ik_batch(tree64, seqs[:b], weights, tasks, IKOptions()),
             args,
@@ -549,7 +545,7 @@ def bench_batch(args, tree64, weights, tasks, batches, base, device):
             compile_s=first - wall,
             wall_s=wall,
             frames_per_s=B * args.frames / wall,
-            frames_per_s_best=B * args.frames / min(_LAST_WALLS),
+            frames_per_s_best=B * args.frames / best,
             marker_rms_mm=float(np.mean([p["marker_rms_mm"] for p in per])),
             marker_max_mm=float(np.max([p["marker_max_mm"] for p in per])),
             iterations_mean=float(np.mean([p["iterations_mean"] for p in per])),

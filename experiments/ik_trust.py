@@ -856,10 +856,10 @@ def main(argv=None) -> int:
                 q_obj = tr["q_true"]
                 if tasks is not None:
                     from simspine_jax import marker_positions
+                    from simspine_jax.ik import solve_ik
 
                     m_true = np.asarray(marker_positions(tree, tr["q_true"]))
-                    q_obj, _, _ = _solve_timed(tree, m_true, weights, tasks, lam0)
-                    q_obj = np.asarray(q_obj.q)
+                    q_obj = np.asarray(solve_ik(tree, m_true, weights, tasks, lam0).q)
                 to = truth_errors(tree, res_s.q, q_obj)
                 ref_obj = None if q_ref is None else truth_errors(tree, q_ref, q_obj)
                 srec = dict(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 # YNNPACK/XNNPACK fusions of XLA CPU (jaxlib 0.10): off. On the IK's small tensors the LM loop
 # ran ~20% faster without them (500-frame trials, 2 cores: per-frame stage 188 -> 149 ms clean,
@@ -79,8 +80,6 @@ def release_if_near_map_limit_throttled(fraction: float = MAP_FRACTION) -> bool:
     ``/proc/self/maps`` of a process with thousands of maps takes ~2-4 ms, a noticeable share of
     a warm IK call of a few hundred frames, while maps only grow by compiling, which takes
     seconds per program (one IK program adds ~3,000 maps; the threshold leaves ~19,000)."""
-    import time
-
     now = time.monotonic()
     if now - _last_check[0] < CHECK_INTERVAL_S:
         return False

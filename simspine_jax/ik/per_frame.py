@@ -225,15 +225,15 @@ def per_frame_stage(
     H0 = jnp.zeros((n, n), q_start.dtype)
     x0 = jnp.zeros((M, 3), q_start.dtype)
 
-    def solve_frames(s, zz, ww, tt, cap):
-        def one(s, zz, ww, tt):
-            ops = frame_ops(tree, zz, ww, ci, cw, tt)
-            return lm_while(
-                ops, s, lo, hi, params.tol_cost, fit_cost(params, ww), opts.max_iters, cap,
-                jnp.sum(ww),
-            )  # fmt: skip
+    def solve_one(s, zz, ww, tt, cap):
+        ops = frame_ops(tree, zz, ww, ci, cw, tt)
+        return lm_while(
+            ops, s, lo, hi, params.tol_cost, fit_cost(params, ww), opts.max_iters, cap,
+            jnp.sum(ww),
+        )  # fmt: skip
 
-        return jax.vmap(one)(s, zz, ww, tt)
+    def solve_frames(s, zz, ww, tt, cap):
+        return jax.vmap(lambda s, zz, ww, tt: solve_one(s, zz, ww, tt, cap))(s, zz, ww, tt)
 
     def finished(st, started):
         return started & (st.done | (st.it >= opts.max_iters))
@@ -311,9 +311,7 @@ def per_frame_stage(
 
         def solve_from(q, r):
             s = lm_start(q, H0=H0, aux0=x0, mu=params.mu_init, skip=~okk, radius=r)
-            s = jax.tree_util.tree_map(lambda a: a[None], s)
-            s = solve_frames(s, zz[None], ww[None], tt[None], opts.max_iters + 1)
-            return jax.tree_util.tree_map(lambda a: a[0], s)
+            return solve_one(s, zz, ww, tt, opts.max_iters + 1)
 
         # the reset start runs only where the chain's start did not fit the frame (weighted
         # RMS error above tol_marker): noise-free frames skip it (clean trials: ~10 % of the
