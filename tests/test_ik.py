@@ -360,3 +360,20 @@ def test_last_frame_that_is_coarse_keeps_its_iterations(two_link_trial):
     for T in (1, 17):
         res = solve_ik(tree, z[:T], options=IKOptions(min_markers=2, chunk=16))
         assert np.asarray(res.status)[-1] == 0 and np.asarray(res.iterations)[-1] > 0, T
+
+
+def test_trial_ending_on_a_coarse_frame_keeps_frame_zero(two_link_trial):
+    """T = k * chunk + 1: the chain's extra slot (the last frame, already coarse) was scattered
+    into row T of the (2T,) state arrays, which is frame 0's second start, so frame 0 was
+    replaced by the chain's end (SimSpine37, 5 mm, 257 frames: frame 0 cost 9500x OpenSim's,
+    status converged). Every frame must equal its solve in a trial one frame longer."""
+    tree, q_true, z = two_link_trial
+    opts = IKOptions(min_markers=2, chunk=16, continuity=0.0)
+    for T in (17, 33):
+        a = solve_ik(tree, z[:T], options=opts)
+        b = solve_ik(tree, z[: T + 1], options=opts)
+        assert np.all(np.asarray(a.status) == 0), T
+        np.testing.assert_allclose(np.asarray(a.q), np.asarray(b.q)[:T], atol=1e-6)
+        assert np.abs(np.asarray(a.q) - q_true[:T]).max() < 0.05, T
+    one = solve_ik(tree, z[:9], options=IKOptions(min_markers=2, chunk=1, continuity=0.0))
+    assert np.abs(np.asarray(one.q) - q_true[:9]).max() < 0.05

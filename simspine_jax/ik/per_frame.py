@@ -347,19 +347,22 @@ def per_frame_stage(
     src = jnp.minimum(chain, T - 1)
     xs = (z[src], w[src], ct[src], ok[src] & (chain < T))
     chain_mask = jnp.zeros(T, bool).at[chain].set(True, mode="drop")
+    # slots in the (2T,) state arrays: the dropped slot T must not land on frame 0's second
+    # start (row T), which would replace frame 0 by the chain's end
+    slot = jnp.where(chain < T, chain, 2 * T)
     _, cs = jax.lax.scan(chain_step, (q_start, jnp.asarray(cold_start)), xs)
     st0 = jax.tree_util.tree_map(
         lambda a: jnp.broadcast_to(a, (2 * T,) + a.shape),
         lm_start(q_start, H0=H0, aux0=x0, mu=0.0, skip=False),
     )
-    st0 = jax.tree_util.tree_map(lambda a, c: a.at[chain].set(c, mode="drop"), st0, cs)
+    st0 = jax.tree_util.tree_map(lambda a, c: a.at[slot].set(c, mode="drop"), st0, cs)
     # padding past the last valid frame (bucketed lengths: up to ~30 % of T) is finished
     # from the start instead of taking lanes; no warm start reaches past the last valid frame
     pad2 = jnp.concatenate([idx > last, idx > last])
     st0 = st0._replace(done=st0.done | pad2)
     carry = (
         st0,
-        jnp.zeros(2 * T, bool).at[chain].set(True, mode="drop") | pad2,
+        jnp.zeros(2 * T, bool).at[slot].set(True, mode="drop") | pad2,
         jnp.zeros(T, bool),
     )
 
