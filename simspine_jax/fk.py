@@ -166,6 +166,23 @@ def local_transforms(tree: KinematicTree, q_full: jax.Array):
     return _local_from_pieces(tree, R1, R2, R3, p_fm)
 
 
+def body_local_transform(tree: KinematicTree, q_full: jax.Array, b: int):
+    """Transform parent body -> body ``b`` (a static index) alone: its joint's pieces only.
+    Shapes: (n_coord,) -> R (3, 3), p (3,)."""
+    topo = tree.topology
+    fidx = np.asarray(topo.axis_func)[b]
+    inp = np.asarray(topo.func_input)[fidx]
+    X = jnp.where(jnp.asarray(inp >= 0), q_full[np.maximum(inp, 0)], 0.0)
+    v = eval_functions(tree, fidx, X)
+    ax = tree.joint_axes[b]
+    R_fm = axis_angle_matrix(ax[0], v[0]) @ axis_angle_matrix(ax[1], v[1])
+    R_fm = R_fm @ axis_angle_matrix(ax[2], v[2])
+    p_fm = jnp.sum(v[3:6, None] * ax[3:6], axis=0)
+    R_pm = tree.joint_R_pf[b] @ R_fm
+    p_pm = tree.joint_p_pf[b] + tree.joint_R_pf[b] @ p_fm
+    return R_pm @ tree.joint_R_cm[b], p_pm + R_pm @ tree.joint_p_cm[b]
+
+
 def _local_from_pieces(tree: KinematicTree, R1, R2, R3, p_fm):
     """X_parent_child = X_parent_F * X_F_M(q) * X_M_child. Shapes: (n_body, 3, 3), (n_body, 3)."""
     R_fm = _mm(_mm(R1, R2), R3)

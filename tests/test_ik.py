@@ -377,3 +377,45 @@ def test_trial_ending_on_a_coarse_frame_keeps_frame_zero(two_link_trial):
         assert np.abs(np.asarray(a.q) - q_true[:T]).max() < 0.05, T
     one = solve_ik(tree, z[:9], options=IKOptions(min_markers=2, chunk=1, continuity=0.0))
     assert np.abs(np.asarray(one.q) - q_true[:9]).max() < 0.05
+
+
+def test_robust_start_root_only_evaluation_equals_full_fk(tree, clean_trial, monkeypatch):
+    """The robust start fits the root alone: markers rigid in the root body's frame, one joint
+    transform per evaluation. It must give the start the full FK + Jacobian pass gives, on
+    frames in arbitrary lab orientations, and fall back to the full pass where a coupler reads
+    a root coordinate."""
+    import simspine_jax.ik.per_frame as pf
+    from simspine_jax.fk import axis_angle_matrix
+    from simspine_jax.ik.problem import bounds, frame_inputs
+
+    rb, moves = pf.root_rigid(tree)
+    assert tree.body_names[rb] == "pelvis" and moves.all()
+    params = IKOptions().params()
+    lo, hi = bounds(tree)
+    q_def = jnp.clip(tree.coord_default[tree.topology.indep_coord], lo, hi)
+    # a default pose with the root turned and moved: the rigid markers are placed from it
+    rot, trans = pf.root_coords(tree)
+    q_def = (
+        q_def.at[rot].set(jnp.array([0.3, -0.2, 0.5])).at[trans].set(jnp.array([0.1, 0.9, -0.2]))
+    )
+    none = jnp.zeros(0, jnp.int32), jnp.zeros(0), jnp.zeros(0)
+    rng = np.random.default_rng(0)
+
+    def starts(frames):
+        f = jax.jit(lambda z0, w0: pf.robust_start(tree, params, q_def, z0, w0, *none, lo, hi))
+        out = []
+        for z in frames:
+            z0, w0, _ = frame_inputs(jnp.asarray(z), jnp.ones(tree.n_marker))
+            out.append(np.asarray(f(z0, w0)))
+        return out
+
+    frames = []
+    for t in (0, 77, 150):
+        a = rng.normal(size=3)
+        R = np.asarray(axis_angle_matrix(jnp.asarray(a / np.linalg.norm(a)), 2.0))
+        frames.append(clean_trial["markers"][t] @ R.T + rng.normal(size=3))
+    fast = starts(frames)
+    monkeypatch.setattr(pf, "root_rigid", lambda tree: None)
+    full = starts(frames)
+    np.testing.assert_allclose(fast, full, atol=1e-9)
+    assert np.isfinite(fast).all()
