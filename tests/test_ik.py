@@ -465,7 +465,7 @@ def test_lower_inverse_matches_numpy():
     from simspine_jax.ik.report import lower_inverse
 
     rng = np.random.default_rng(4)
-    for n in (1, 2, 3, 7, 40):
+    for n in (0, 1, 2, 3, 7, 40):
         A = rng.normal(size=(5, n, n))
         L = np.linalg.cholesky(A @ np.swapaxes(A, 1, 2) + n * np.eye(n))
         got = np.asarray(jax.jit(lower_inverse)(jnp.asarray(L)))

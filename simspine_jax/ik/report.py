@@ -15,7 +15,7 @@ def lower_inverse(L):
     CPU, 512 frames of n = 40, 3.6 ms against 5-9 ms for a batched triangular solve against
     the identity (same result to 1e-16)."""
     n = L.shape[-1]
-    if n == 1:
+    if n <= 1:  # (n = 0: an empty result)
         return 1.0 / L
     k = n // 2
     Ai = lower_inverse(L[..., :k, :k])
