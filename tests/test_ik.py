@@ -457,17 +457,3 @@ def test_every_length_and_gap_pattern_matches_frame_by_frame(two_link_trial, gap
         np.testing.assert_allclose(
             np.asarray(res.q)[ok], q_alone[:T][ok], atol=1e-3, err_msg=str(T)
         )
-
-
-def test_lower_inverse_matches_numpy():
-    """The report's blocked inverse of lower-triangular factors (sizes not powers of two,
-    batched), against numpy's inverse; a wrong block sign or offset fails it."""
-    from simspine_jax.ik.report import lower_inverse
-
-    rng = np.random.default_rng(4)
-    for n in (0, 1, 2, 3, 7, 40):
-        A = rng.normal(size=(5, n, n))
-        L = np.linalg.cholesky(A @ np.swapaxes(A, 1, 2) + n * np.eye(n))
-        got = np.asarray(jax.jit(lower_inverse)(jnp.asarray(L)))
-        np.testing.assert_allclose(got, np.linalg.inv(L), atol=1e-12, err_msg=str(n))
-        assert np.all(np.triu(got, 1) == 0)

@@ -9,22 +9,6 @@ from ..fk import _full_and_map
 from .problem import FEW_MARKERS, IKProblem, IKResult, frame_inputs, task_scale
 
 
-def lower_inverse(L):
-    """Inverse of lower-triangular matrices (..., n, n) by 2 x 2 blocks, recursively:
-    [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]. Batched matrix products only: on
-    CPU, 512 frames of n = 40, 3.6 ms against 5-9 ms for a batched triangular solve against
-    the identity (same result to 1e-16)."""
-    n = L.shape[-1]
-    if n <= 1:  # (n = 0: an empty result)
-        return 1.0 / L
-    k = n // 2
-    Ai = lower_inverse(L[..., :k, :k])
-    Ci = lower_inverse(L[..., k:, k:])
-    Bi = -Ci @ (L[..., k:, :k] @ Ai)
-    top = jnp.concatenate([Ai, jnp.zeros(L.shape[:-2] + (k, n - k), L.dtype)], -1)
-    return jnp.concatenate([top, jnp.concatenate([Bi, Ci], -1)], -2)
-
-
 def report(tree, prob: IKProblem, q, status, iterations, H, x, smooth_status) -> IKResult:
     """The :class:`IKResult` of a solution ``q`` (T, n). ``H`` (T, n, n) and ``x`` (T, M, 3):
     the solver's Gauss-Newton matrix J'J (coordinate-task rows included) and model markers at
@@ -56,9 +40,10 @@ def report(tree, prob: IKProblem, q, status, iterations, H, x, smooth_status) ->
     eye = jnp.eye(n, dtype=q.dtype)
     Hr = H + jnp.where(observed, 1e-12 * jnp.max(dH, 1, keepdims=True), 1.0)[:, :, None] * eye
     wmean = jnp.sum(w, 1) / jnp.maximum(jnp.sum(w > 0, 1), 1)
-    # diag(Hr^-1) = column sums of squares of L^-1 (Hr = L L')
+    # diag(Hr^-1) = column sums of squares of L^-1 (Hr = L L'): one triangular solve
     L = jnp.linalg.cholesky(Hr)
-    inv_diag = jnp.sum(lower_inverse(L) ** 2, axis=1)
+    eye_b = jnp.broadcast_to(eye, H.shape)
+    inv_diag = jnp.sum(jax.scipy.linalg.solve_triangular(L, eye_b, lower=True) ** 2, axis=1)
     sens = jnp.where(observed, 1e-3 * jnp.sqrt(jnp.abs(inv_diag) * wmean[:, None]), jnp.inf)
     bad = status == FEW_MARKERS
     return IKResult(
