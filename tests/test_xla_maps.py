@@ -25,7 +25,6 @@ def test_releases_compiled_programs_past_the_fraction():
     assert f._cache_size() == 0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_throttled_check_reads_at_most_once_per_interval(monkeypatch):
     calls = []
     monkeypatch.setattr(_xla, "release_if_near_map_limit", lambda f: calls.append(f) or False)

@@ -41,7 +41,7 @@ from .problem import (
     bounds,
     frame_inputs,
     frame_terms,
-    task_scale,
+    weighted_residual,
 )
 
 
@@ -60,10 +60,15 @@ def fit_cost(params: IKParams, w):
     return params.tol_marker**2 * jnp.sum(w)
 
 
+def _root_joint(tree: KinematicTree) -> dict:
+    """The (first) joint whose parent is ground, as exported in the tree's metadata."""
+    return next(j for j in tree.meta["joints"] if j["parent"] == "ground")
+
+
 def root_coords(tree: KinematicTree) -> tuple[np.ndarray, np.ndarray]:
     """Indices (into q_indep) of the root joint's rotational and translational coordinates."""
     meta = tree.meta
-    root_joint = next(j for j in meta["joints"] if j["parent"] == "ground")
+    root_joint = _root_joint(tree)
     names = list(tree.independent_names)
     rot, trans = [], []
     for c in meta["coordinates"]:
@@ -77,12 +82,8 @@ def root_rigid(tree: KinematicTree) -> tuple[int, np.ndarray] | None:
     markers move with it (those on its subtree; the others, e.g. on ground, stay put). None
     where a coupler reads a root coordinate (then other joints move with the root's
     coordinates and the full FK is needed)."""
-    meta, topo = tree.meta, tree.topology
-    root_joint = next(j for j in meta["joints"] if j["parent"] == "ground")
-    names = list(tree.body_names)
-    if root_joint["child"] not in names:
-        return None
-    rb = names.index(root_joint["child"])
+    topo = tree.topology
+    rb = list(tree.body_names).index(_root_joint(tree)["child"])
     rot, trans = root_coords(tree)
     root_full = set(np.asarray(topo.indep_coord)[np.concatenate([rot, trans])].tolist())
     if len(topo.dep_coord) and root_full & set(
@@ -139,8 +140,6 @@ def robust_start(tree, params: IKParams, q_default, z, w, ci, cw, ct, lo, hi):
         rb, moves = rigid
         fk0 = _fk_one(tree, _full_one(tree, q_default))
         x_rel = (fk0.markers - fk0.p_world[rb]) @ fk0.R_world[rb]  # R' (x - p), per row
-        sw = jnp.sqrt(w)
-        scw = task_scale(w, cw)
 
         def markers_full(q):
             qf = _full_one(tree, q)
@@ -154,8 +153,7 @@ def robust_start(tree, params: IKParams, q_default, z, w, ci, cw, ct, lo, hi):
         def ops_at(q):
             def res(qr):
                 x, qf = markers_full(q.at[free].set(qr))
-                rm = ((x - z) * sw[:, None]).reshape(-1)
-                return jnp.concatenate([rm, scw * (qf[ci] - ct)])
+                return weighted_residual(x, qf, z, w, ci, cw, ct)
 
             def evaluate(qr):
                 r, lin = jax.linearize(res, qr)
@@ -408,28 +406,27 @@ def per_frame_stage(
         return (jnp.where(okk, s.q, q_prev), cold & ~okk), s
 
     # the coarse frames in order, then the last valid frame (one lane: they form a chain)
-    # (a last frame that is itself coarse gets slot T: not solved again, dropped on scatter)
-    extra = jnp.where(last % opts.chunk == 0, T, last)
+    # (a last frame that is itself coarse gets slot 2T: not solved again, and past every array
+    # it indexes, (T,) and (2T,) alike, so dropped on scatter; slot T would be frame 0's
+    # second start)
+    extra = jnp.where(last % opts.chunk == 0, 2 * T, last)
     chain = jnp.concatenate([jnp.asarray(coarse), extra[None]])
     src = jnp.minimum(chain, T - 1)
     xs = (z[src], w[src], ct[src], ok[src] & (chain < T))
     chain_mask = jnp.zeros(T, bool).at[chain].set(True, mode="drop")
-    # slots in the (2T,) state arrays: the dropped slot T must not land on frame 0's second
-    # start (row T), which would replace frame 0 by the chain's end
-    slot = jnp.where(chain < T, chain, 2 * T)
     _, cs = jax.lax.scan(chain_step, (q_start, jnp.asarray(cold_start)), xs)
     st0 = jax.tree_util.tree_map(
         lambda a: jnp.broadcast_to(a, (2 * T,) + a.shape),
         lm_start(q_start, H0=H0, aux0=x0, mu=0.0, skip=False),
     )
-    st0 = jax.tree_util.tree_map(lambda a, c: a.at[slot].set(c, mode="drop"), st0, cs)
+    st0 = jax.tree_util.tree_map(lambda a, c: a.at[chain].set(c, mode="drop"), st0, cs)
     # padding past the last valid frame (bucketed lengths: up to ~30 % of T) is finished
     # from the start instead of taking lanes; no warm start reaches past the last valid frame
     pad2 = jnp.concatenate([idx > last, idx > last])
     st0 = st0._replace(done=st0.done | pad2)
     carry = (
         st0,
-        jnp.zeros(2 * T, bool).at[slot].set(True, mode="drop") | pad2,
+        jnp.zeros(2 * T, bool).at[chain].set(True, mode="drop") | pad2,
         jnp.zeros(T, bool),
     )
 

@@ -212,14 +212,19 @@ def task_scale(w, cw):
     return jnp.sqrt(cw * jnp.sum(w, axis=-1, keepdims=jnp.ndim(cw) > 1))
 
 
+def weighted_residual(x, qf, z, w, ci, cw, ct):
+    """One frame's residual in OpenSim's objective from its model markers ``x`` (M, 3) and full
+    coordinates ``qf``: marker rows first, then the coordinate tasks. Shape: (3M + K,)."""
+    rm = (x - z) * jnp.sqrt(w)[:, None]
+    return jnp.concatenate([rm.reshape(-1), task_scale(w, cw) * (qf[ci] - ct)])
+
+
 def residual_and_markers(tree: KinematicTree, q, z, w, ci, cw, ct):
     """Weighted residual of one frame (FK only, no Jacobian) and the model markers.
     Shapes: (3M + K,), (M, 3)."""
     qf = _full_one(tree, q)
     zhat = _fk_one(tree, qf).markers
-    rm = (zhat - z) * jnp.sqrt(w)[:, None]
-    rc = task_scale(w, cw) * (qf[ci] - ct)
-    return jnp.concatenate([rm.reshape(-1), rc]), zhat
+    return weighted_residual(zhat, qf, z, w, ci, cw, ct), zhat
 
 
 def residual(tree: KinematicTree, q, z, w, ci, cw, ct):
