@@ -229,10 +229,10 @@ def _parser() -> argparse.ArgumentParser:
         "--continuity",
         type=_weight,
         default=1e-4,
-        help="without smoothing: weight (m^2 per rad^2 between frames, x the mean marker "
-        "weight) of the continuity pass that keeps weakly observed coordinates near their "
-        "neighbours, every frame within 2%% of its per-frame minimum's cost; 0: the per-frame "
-        "minima themselves (default 1e-4)",
+        help="without smoothing: largest weight (m^2 per rad^2 between frames, x the mean "
+        "marker weight) of the continuity pass that pulls weakly observed coordinates toward "
+        "their neighbours, every frame within 0.5%% of its per-frame minimum's cost; 0: the "
+        "per-frame minima themselves (default 1e-4)",
     )
     k.add_argument(
         "-o",

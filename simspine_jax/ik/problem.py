@@ -10,7 +10,7 @@ coordinates held at their defaults)::
 W_t is the summed weight of the markers observed in frame t (OpenSim's task scale, see
 :func:`task_scale`); D1/D2 are first/second differences between consecutive frames (rad or m
 per frame). ``lambda = 0`` is exactly OpenSim's per-frame weighted least squares (then the
-continuity pass, ``IKOptions.continuity``, picks within 2 % of each frame's minimum cost).
+continuity pass, ``IKOptions.continuity``, picks within 0.5 % of each frame's minimum cost).
 """
 
 from __future__ import annotations
@@ -58,26 +58,27 @@ class IKOptions:
     smooth_vel: float = 0.0  # lambda_v on |q_{t+1} - q_t|^2 (per frame, rad or m)   [traced]
     smooth_acc: float = 0.0  # lambda_a on |q_{t+1} - 2 q_t + q_{t-1}|^2             [traced]
     continuity: float = 1e-4  # without smoothing (lambda_v = lambda_a = 0): a continuity
-    # pass after the per-frame stage: ``max_iters_continuity`` red-black sweeps of one
-    # Gauss-Newton step per frame on its cost plus a velocity penalty to its neighbours of
-    # ``continuity`` x the mean marker weight (m^2 per rad^2 or m^2 between frames: a 1 rad
-    # change between frames weighs like a 1 cm error of one marker), then each frame blended
-    # back toward its per-frame minimum until its cost is within ``continuity_guard`` of it.
-    # Weakly observed coordinates (pronation, arm rotation, toe angle) then follow their
-    # neighbours instead of jumping to where the noise puts each frame's minimum (5 mm noise,
-    # SimSpine37: median largest jump between frames 51 deg -> 18, OpenSim's 16). Skipped on
-    # data the minima fit. 0: the per-frame minima themselves [traced; on/off structural]
-    continuity_guard: float = 0.02  # a frame's cost stays within this of its per-frame
-    # minimum's [traced]
+    # pass after the per-frame stage: ``max_iters_continuity`` red-black sweeps in which each
+    # frame takes the Gauss-Newton step of its cost plus a pull nu |q_t - qbar|^2 toward its
+    # neighbours' mean, nu the largest whose model cost stays within ``continuity_guard`` of
+    # the frame's per-frame minimum, and at most ``continuity`` x the mean marker weight x
+    # its number of neighbours (m^2 per rad^2 or m^2: a 1 rad change weighs like a 1 cm
+    # error of one marker); a step whose actual cost is over the guard is cut to a half, a
+    # quarter or none. Weakly observed coordinates (pronation, arm rotation, toe angle) then
+    # follow their neighbours instead of jumping to where the noise puts each frame's
+    # minimum; well-observed ones stay. Skipped on data the minima fit. 0: the per-frame
+    # minima themselves [traced; on/off structural]
+    continuity_guard: float = 0.005  # a frame's cost stays within this of its per-frame
+    # minimum's. The pass's price in cost: on the ik_trust grid (8 noisy 300-frame trials)
+    # 0.5 % gave 96.3-100 % of frames within OpenSim's cost +2 % and median jumps 0.90-1.38x
+    # OpenSim's; 1 % gave 94.0-99.3 % and 0.73-1.25x (experiments/RESULTS.md) [traced]
     max_iters: int = 150  # LM iterations per frame (per-frame stage); frames creeping along
     # flat directions need them: 5 mm trial, 60 -> 150 took max_iters frames 17 -> 3 of 300
     # at +9 % iterations
     max_iters_smooth: int = 60  # global iterations (smoothing stage)
-    max_iters_continuity: int = 4  # sweeps of the continuity pass (a fixed number: its
-    # result is guarded frame by frame, it has no convergence test; 6 or 8 sweeps gave the
-    # same jumps within 0.5 deg on a 5 mm trial). Since tol_cost 1e-4, 2 sweeps give the same
-    # median jumps within 0.6 deg, but fewer frames pulled out of a worse local minimum by
-    # their neighbours (Halpe26, 10 mm: worst frame 1.09x OpenSim's cost, 1.06x with 4)
+    max_iters_continuity: int = 2  # sweeps of the continuity pass (a fixed number: each
+    # step is bounded frame by frame, it has no convergence test). 4 sweeps lowered Halpe26's
+    # 5 mm median jump by ~1 deg at ~20 % of the noisy solve's time
     tol_cost: float = 1e-4  # converged when the Gauss-Newton decrease still available on the
     # free coordinates (undamped model, bound-blocked coordinates frozen) is below
     # tol_cost * cost: a projected-gradient test, evaluated on points actually reached. 1e-4
