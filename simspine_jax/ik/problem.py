@@ -70,7 +70,7 @@ class IKOptions:
     # minima themselves [traced; on/off structural]
     continuity_guard: float = 0.005  # a frame's cost stays within this of its per-frame
     # minimum's. The pass's price in cost: on the ik_trust grid (8 noisy 300-frame trials)
-    # 0.5 % gave 96.3-100 % of frames within OpenSim's cost +2 % and median jumps 0.90-1.38x
+    # 0.5 % gave 97.0-100 % of frames within OpenSim's cost +2 % and median jumps 0.97-1.38x
     # OpenSim's; 1 % gave 94.0-99.3 % and 0.73-1.25x (experiments/RESULTS.md) [traced]
     max_iters: int = 150  # LM iterations per frame (per-frame stage); frames creeping along
     # flat directions need them: 5 mm trial, 60 -> 150 took max_iters frames 17 -> 3 of 300
