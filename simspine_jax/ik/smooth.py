@@ -156,10 +156,11 @@ def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q
     each frame moves toward its neighbours as far as its Gauss-Newton model lets its cost stay
     within ``continuity_guard`` of its per-frame minimum's (:func:`_continuity_sweeps`): the
     jump between frames is reduced in the directions the markers leave free, within a stated
-    cost. Then every frame whose actual cost exceeds that bound (the model's error) keeps only
-    half, a quarter or none of its change, the largest fraction within the guard (none always
-    is). Skipped on data the per-frame minima fit (median weighted RMS residual < 0.1 mm:
-    noise-free markers).
+    cost. Each step is checked on the actual cost and cut where the model erred, so every
+    frame stays within the bound; a last check (a safety net: by construction it finds none
+    but for rounding) gives a frame over it half, a quarter or none of its change, the
+    largest fraction within the guard (none always is). Skipped on data the per-frame minima fit (median weighted RMS
+    residual < 0.1 mm: noise-free markers).
 
     ``pf``: the per-frame stage's (cost (T,), J'J (T, n, n), model markers (T, M, 3)) at
     ``q_pf`` where the caller has them (else one FK + Jacobian pass computes them). Returns
