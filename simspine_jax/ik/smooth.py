@@ -145,7 +145,7 @@ def smooth_stage(
     return s.q, s.it, status, s.H, s.aux
 
 
-CONTINUITY_BLEND = (0.5, 0.25, 0.0)  # fractions of the pass's change kept when guarding
+CONTINUITY_CUTS = (0.5, 0.25)  # fractions of a step kept in turn while its cost is over the guard
 CONTINUITY_MIN_RMS = 1e-4  # m: below this median residual the continuity pass is skipped
 CONTINUITY_NEWTON = 3  # Newton steps on each frame's nu per sweep (see band_step)
 
@@ -157,18 +157,16 @@ def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q
     within ``continuity_guard`` of its per-frame minimum's (:func:`_continuity_sweeps`): the
     jump between frames is reduced in the directions the markers leave free, within a stated
     cost. Each step is checked on the actual cost and cut where the model erred, so every
-    frame stays within the bound; a last check (a safety net: by construction it finds none
-    but for rounding) gives a frame over it half, a quarter or none of its change, the
-    largest fraction within the guard (none always is). Skipped on data the per-frame minima fit (median weighted RMS
-    residual < 0.1 mm: noise-free markers).
+    frame stays within the bound; a frame found over it after the sweeps (a safety net: by
+    construction none is, but for rounding) returns to its minimum. Skipped on data the
+    per-frame minima fit (median weighted RMS residual < 0.1 mm: noise-free markers).
 
     ``pf``: the per-frame stage's (cost (T,), J'J (T, n, n), model markers (T, M, 3)) at
     ``q_pf`` where the caller has them (else one FK + Jacobian pass computes them). Returns
     what :func:`smooth_stage` returns (status CONVERGED: a fixed number of sweeps; iterations:
     the sweeps, one FK + Jacobian pass per frame each). Model markers are those of the
-    result; J'J (for the report's sensitivities) is evaluated at the sweeps' result, so for a
-    frame blended half or a quarter back it belongs to a point within the guard's cost of it,
-    and for a frame returned to its minimum it is the minimum's own."""
+    result; J'J (for the report's sensitivities) is evaluated at the sweeps' result, and for a
+    frame returned to its minimum it is the minimum's own."""
     z, w, _ = frame_inputs(prob.markers, prob.marker_weight[None, :])
     w = jnp.where(ok[:, None], w, 0.0)
     ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
@@ -179,13 +177,6 @@ def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q
     def terms_at(q):
         x, _, r, J = terms(q, z, w, ct)
         return jnp.sum(r**2, axis=1), jnp.einsum("tri,trj->tij", J, J), x
-
-    def costs_at(q):
-        """Per-frame cost and model markers (FK only)."""
-        r, x = jax.vmap(lambda q, z, w, ct: residual_and_markers(tree, q, z, w, ci, cw, ct))(
-            q, z, w, ct
-        )
-        return jnp.sum(r**2, axis=1), x
 
     c_min, H_pf, x_pf = terms_at(q_pf) if pf is None else pf
     c_min = jnp.where(ok, c_min, 0.0)
@@ -201,25 +192,8 @@ def continuity_stage(tree, opts: IKOptions, params: IKParams, prob: IKProblem, q
             tree, prob, q_pf, ok, z, w, limit, params.continuity * wbar, opts.max_iters_continuity
         )
         c, H, x = terms_at(q_c)
-        blends = jnp.asarray(CONTINUITY_BLEND[:-1], q_c.dtype)
-
-        def blend(i, qcx):
-            """Frames over the guard keep the fraction blends[i] of their change (evaluated
-            only when some frame is over: one FK pass)."""
-
-            def go(q, c, x):
-                over = c > limit
-                q_a = jnp.where(over[:, None], q_pf + blends[i] * (q_c - q_pf), q)
-                c_a, x_a = costs_at(q_a)
-                return q_a, jnp.where(over, c_a, c), jnp.where(over[:, None, None], x_a, x)
-
-            q, c, x = qcx
-            return jax.lax.cond(jnp.any(c > limit), go, lambda q, c, x: (q, c, x), q, c, x)
-
-        q, c, x = jax.lax.fori_loop(0, len(CONTINUITY_BLEND) - 1, blend, (q_c, c, x))
-        assert CONTINUITY_BLEND[-1] == 0.0  # the last resort: the minimum itself
         back = c > limit
-        q = jnp.where(back[:, None], q_pf, q)
+        q = jnp.where(back[:, None], q_pf, q_c)
         H = jnp.where(back[:, None, None], H_pf, H)
         x = jnp.where(back[:, None, None], x_pf, x)
         return q, H, x
@@ -315,11 +289,10 @@ def _continuity_sweeps(tree, prob: IKProblem, q, ok, z, w, limit, nu_max, n_swee
     neighbours) whose model cost is within ``limit[t]``. A weakly observed coordinate moves to
     the target (its curvature is small against nu), a well-observed one stays (moving it
     would spend the bound); where even the model's minimum is over the bound, the step goes
-    to that minimum. A step whose actual
-    cost is over the bound (the model's error) is cut to half, then a quarter; one still over
-    is kept only if it lowers the cost. Per sweep one FK + Jacobian pass, one FK pass (more
-    where a cut is needed) and a few n x n Cholesky factorisations per frame. Shapes: q (T, n);
-    limit (T,)."""
+    to that minimum. A step whose actual cost is over the bound (the model's error) is cut
+    to half, then a quarter; one still over is kept only if it lowers the cost. Per sweep one
+    FK + Jacobian pass, one FK pass (more where a cut is needed) and a few n x n Cholesky
+    factorisations per frame. Shapes: q (T, n); limit (T,)."""
     lo, hi = bounds(tree)
     T, n = q.shape
     ci, cw, ct = prob.coord_index, prob.coord_weight, prob.coord_target
@@ -349,7 +322,7 @@ def _continuity_sweeps(tree, prob: IKProblem, q, ok, z, w, limit, nu_max, n_swee
         # a quarter (evaluated only when some frame is over: one FK pass each); one still
         # over is kept only if it lowers the cost (a frame starting over its bound)
         cn = cost(qn, zi, wi, cti)
-        for f in CONTINUITY_BLEND[:-1]:
+        for f in CONTINUITY_CUTS:
 
             def cut(qn, cn, f=f):
                 over = cn > lim
